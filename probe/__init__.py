@@ -1,0 +1,1 @@
+"""The attentive probe, the run and its results."""

@@ -1,0 +1,1 @@
+"""Task loaders, video decoding and samplers."""
