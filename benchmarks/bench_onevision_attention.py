@@ -44,9 +44,10 @@ def main() -> None:
 
     with torch.inference_mode():
         diff = (sdpa(video).last_hidden_state - eager(video).last_hidden_state).abs().max().item()
-    rates = {name: tokens_per_second(m, video, args.repeats) for name, m in (("eager", eager), ("sdpa", sdpa))}
+    models = {"eager": eager, "sdpa": sdpa}
+    rates = {name: tokens_per_second(m, video, args.repeats) for name, m in models.items()}
     tokens = args.frames * 256
-    print(f"OneVision forward, width 1024, {args.layers} layers, {tokens} tokens, {args.device}, {args.dtype}")
+    print(f"OneVision forward, width 1024, {args.layers} layers, {tokens} tokens, {args.device}/{args.dtype}")
     for name, rate in rates.items():
         print(f"  {name:6s} {rate:10.0f} tokens/s")
     print(f"  sdpa / eager = {rates['sdpa'] / rates['eager']:.2f}x   (max |difference| {diff:.1e})")

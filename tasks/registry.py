@@ -1,0 +1,156 @@
+"""The `Task` interface, the task registry (`register_task`, `create_task`, `list_tasks`) and the
+helpers every annotation parser shares (data root, JSON reading, bad-record policy)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks.clip import Clip
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("error", "skip")
+
+
+class AnnotationError(ValueError):
+    """An annotation file or record is missing or malformed; the message names it and the fix."""
+
+
+class UnknownTaskError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def check_policy(policy: str, what: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"{what} must be one of {POLICIES}, got {policy!r}")
+    return policy
+
+
+class Task(ABC):
+    """A labelled video set: its classes, its splits and their clips. Knows its annotation format,
+    nothing about models.
+
+    Bad records (missing keys, unknown labels, missing videos) raise `AnnotationError` with
+    `on_bad_record="error"`; with `"skip"` they are dropped, logged and listed in `skipped[split]`.
+    """
+
+    name: str
+    splits: tuple[str, ...] = ("train", "test")
+    train_split: str = "train"
+    eval_split: str = "test"
+
+    def __init__(self, classes: list[str], on_bad_record: str = "error"):
+        self.classes = list(classes)
+        self.on_bad_record = check_policy(on_bad_record, "on_bad_record")
+        self.skipped: dict[str, list[str]] = {}
+        self._clips: dict[str, list[Clip]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def clips(self, split: str) -> list[Clip]:
+        """The split's valid clips, parsed once."""
+        if split not in self.splits:
+            raise KeyError(f"task {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}")
+        if split not in self._clips:
+            self.skipped[split] = []
+            self._clips[split] = [c for c in self._read_split(split) if self._valid(split, c)]
+            if self.skipped[split]:
+                log.warning("%s/%s: skipped %d bad records, e.g. %s", self.name, split,
+                            len(self.skipped[split]), self.skipped[split][0])
+        return list(self._clips[split])
+
+    @abstractmethod
+    def _read_split(self, split: str) -> Iterable[Clip]:
+        """Parse the split's annotation file, calling `_reject` (and moving on) for bad records."""
+
+    def _valid(self, split: str, clip: Clip) -> bool:
+        if not 0 <= clip.label < self.num_classes:
+            self._reject(split, f"clip {clip.clip_id}", f"unknown label {clip.label} (classes are "
+                         f"0..{self.num_classes - 1})")
+            return False
+        if not clip.path.is_file():
+            self._reject(split, f"clip {clip.clip_id}", f"video {clip.path} not found")
+            return False
+        return True
+
+    def _reject(self, split: str, where: str, reason: str) -> None:
+        message = f"{self.name}/{split}: {where}: {reason}"
+        if self.on_bad_record == "error":
+            raise AnnotationError(f"{message} (fix or remove the record, or set on_bad_record='skip')")
+        self.skipped[split].append(message)
+
+
+def require(record: Any, keys: Iterable[str]) -> str | None:
+    """Why `record` is not a mapping holding all `keys`, or None if it is."""
+    if not isinstance(record, Mapping):
+        return f"expected an object, got {type(record).__name__}"
+    missing = [k for k in keys if k not in record]
+    return f"missing key(s) {', '.join(map(repr, missing))}" if missing else None
+
+
+def data_root(root: str | Path | None, subdir: str) -> Path:
+    """A task's data folder: `root` if given, else `$OVPROBE_DATA/<subdir>`."""
+    if root is not None:
+        return Path(root).expanduser()
+    if "OVPROBE_DATA" not in os.environ:
+        raise AnnotationError(f"no data root for {subdir!r}: pass root=... or set OVPROBE_DATA "
+                              f"(the data is then expected in $OVPROBE_DATA/{subdir})")
+    return Path(os.environ["OVPROBE_DATA"]).expanduser() / subdir
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise AnnotationError(f"annotation file {path} not found; check the task's root and layout")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path} is not valid JSON: {e}") from e
+
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
+    """Register a task class or factory under its name (or `name`); usable as `@register_task`."""
+
+    def wrap(f: Callable[..., Task]) -> Callable[..., Task]:
+        key = name or f.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"task {key!r} is registered twice")
+        _REGISTRY[key] = f
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def list_tasks(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style wildcard, sorted."""
+    _import_tasks()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def create_task(name: str, **config: Any) -> Task:
+    """Build a registered task; keyword config goes to its constructor."""
+    _import_tasks()
+    if name not in _REGISTRY:
+        raise UnknownTaskError(f"unknown task {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**config)
+
+
+def _import_tasks() -> None:
+    """Import the task modules so their `@register_task` lines run."""
+    import tasks.diving48  # noqa: F401
+    import tasks.kinetics  # noqa: F401
+    import tasks.listfile  # noqa: F401
+    import tasks.ssv2  # noqa: F401
+    import tasks.synthetic  # noqa: F401
