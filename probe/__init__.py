@@ -1,1 +1,22 @@
-"""The attentive probe, the run and its results."""
+"""Attentive probes over frozen video-encoder tokens: head, feature store, grid training, evaluation."""
+
+from probe.evaluate import Metrics, classification_metrics, predict
+from probe.features import ArrayFeatures, FeatureBatch, Features, FeatureStore, extract_features
+from probe.head import AttentiveProbe
+from probe.train import GridResult, HeadConfig, Recipe, train_probe_grid
+
+__all__ = [
+    "ArrayFeatures",
+    "AttentiveProbe",
+    "FeatureBatch",
+    "FeatureStore",
+    "Features",
+    "GridResult",
+    "HeadConfig",
+    "Metrics",
+    "Recipe",
+    "classification_metrics",
+    "extract_features",
+    "predict",
+    "train_probe_grid",
+]

@@ -1,0 +1,138 @@
+"""Evaluation: per-view logits of probes over stored features, view averaging, and the metrics.
+
+Accuracies are percentages. Test-time views (num_clips x num_crops per clip) are the store's views;
+their predictions are averaged either as logits or as probabilities (`space`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from probe.features import Features
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow and not what is reported)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _mean_logits(view_logits: torch.Tensor) -> torch.Tensor:
+    return view_logits.mean(dim=1).log_softmax(dim=-1)
+
+
+def _mean_probs(view_logits: torch.Tensor) -> torch.Tensor:
+    return view_logits.softmax(dim=-1).mean(dim=1).log()
+
+
+AGGREGATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"logit": _mean_logits, "prob": _mean_probs}
+
+
+def aggregate_views(view_logits: torch.Tensor, space: str = "logit") -> torch.Tensor:
+    """[C, V, K] per-view logits -> [C, K] log-probabilities of the view average in `space`."""
+    if space not in AGGREGATIONS:
+        raise ValueError(f"view aggregation space {space!r} is unknown; choose one of {sorted(AGGREGATIONS)}")
+    return AGGREGATIONS[space](torch.as_tensor(view_logits, dtype=torch.float32))
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Percentage of rows whose label is among the k highest scores (k is capped at the class count)."""
+    top = scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+    return 100.0 * (top == labels[:, None]).any(dim=-1).double().mean().item()
+
+
+def mean_class_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of each class present in `labels`, averaged over those classes (percentage)."""
+    correct = (scores.argmax(dim=-1) == labels).double()
+    totals = torch.bincount(labels).double()
+    hits = torch.bincount(labels, weights=correct, minlength=len(totals))
+    present = totals > 0
+    return 100.0 * (hits[present] / totals[present]).mean().item()
+
+
+def bootstrap_interval(
+    correct: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the accuracy of a boolean vector (percentages).
+
+    Resampling n items with replacement draws a Binomial(n, k/n) number of correct ones, so the
+    bootstrap distribution of the mean is sampled exactly without materialising n x resamples indices.
+    """
+    n = len(correct)
+    rng = np.random.default_rng(seed)
+    means = rng.binomial(n, np.mean(correct), size=resamples) / n
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return 100.0 * float(low), 100.0 * float(high)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    top1: float
+    top5: float
+    mean_class: float
+    top1_low: float  # bootstrap interval on top-1
+    top1_high: float
+    nll: float
+    num_clips: int
+
+
+def classification_metrics(
+    view_logits: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    space: str = "logit",
+    resamples: int = 1000,
+    seed: int = 0,
+) -> Metrics:
+    """All metrics of [C, V, K] per-view logits against [C] labels."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    logp = aggregate_views(view_logits, space)
+    correct = (logp.argmax(dim=-1) == labels).numpy()
+    low, high = bootstrap_interval(correct, resamples, seed)
+    return Metrics(
+        top1=100.0 * float(correct.mean()),
+        top5=topk_accuracy(logp, labels, 5),
+        mean_class=mean_class_accuracy(logp, labels),
+        top1_low=low,
+        top1_high=high,
+        nll=-logp.gather(1, labels[:, None]).mean().item(),
+        num_clips=len(labels),
+    )
+
+
+def per_view_top1(view_logits: torch.Tensor, labels: torch.Tensor | np.ndarray) -> list[float]:
+    """Top-1 of each view on its own (how much the averaging adds)."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    return [topk_accuracy(view_logits[:, v], labels, 1) for v in range(view_logits.shape[1])]
+
+
+@torch.inference_mode()
+def predict(
+    heads: Sequence[nn.Module],
+    features: Features,
+    clips: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Logits of every head for every view of `clips`: [P, C, V, K] float32 on the CPU.
+
+    Each batch of stored tokens is read once and shared by all heads.
+    """
+    device = torch.device(device)
+    views = features.num_views
+    pair_clips, pair_views = np.repeat(clips, views), np.tile(np.arange(views), len(clips))
+    outputs: list[list[torch.Tensor]] = [[] for _ in heads]
+    for head in heads:
+        head.eval()
+    for start in range(0, len(pair_clips), batch_size):
+        sl = slice(start, start + batch_size)
+        batch = features.batch(pair_clips[sl], pair_views[sl]).to(device)
+        for out, head in zip(outputs, heads, strict=True):
+            with autocast(device):
+                out.append(head(batch.tokens, batch.positions, batch.mask).float().cpu())
+    return torch.stack([torch.cat(out) for out in outputs]).view(len(heads), len(clips), views, -1)

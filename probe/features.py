@@ -1,0 +1,550 @@
+"""The feature store: backbone tokens computed once per (clip, view, sampling config) and kept on disk.
+
+A store is a folder named by a fingerprint of everything that determines its content (backbone and
+weights, task, split, clip list, sampling config, seed, number of views, dtype). Clips are written in
+shards of `shard_size` clips, each shard as three `.npy` files (tokens `[S, V, N, D]`, positions
+`[S, V, N, 3]`, lengths `[S, V]`) plus a sidecar JSON with their sha256, written last as the shard's
+commit mark. A killed extraction resumes shard by shard; `manifest.json` is committed only once every
+shard exists. Readers memory-map the shards and pad every clip to the store's largest token count,
+returning a mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from backbones.base import Backbone
+from tasks.clip import SampledClip
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LAYOUT = "store.json"
+SHARD_ARRAYS = ("tokens", "positions", "lengths")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How tokens are kept on disk: the numpy dtype, and the conversions to and from torch."""
+
+    disk_dtype: type
+    encode: Callable[[torch.Tensor], np.ndarray]
+    decode: Callable[[np.ndarray], torch.Tensor]
+
+
+CODECS: dict[str, Codec] = {
+    "float32": Codec(
+        np.float32, lambda t: t.float().numpy(), lambda a: torch.from_numpy(np.asarray(a, np.float32))
+    ),
+    "float16": Codec(
+        np.float16, lambda t: t.half().numpy(), lambda a: torch.from_numpy(np.asarray(a)).float()
+    ),
+    # numpy has no bfloat16: keep the raw bits as int16 and reinterpret them on the way back.
+    "bfloat16": Codec(
+        np.int16,
+        lambda t: t.bfloat16().view(torch.int16).numpy(),
+        lambda a: torch.from_numpy(np.ascontiguousarray(a)).view(torch.bfloat16).float(),
+    ),
+}
+
+
+def _codec(name: str) -> Codec:
+    if name not in CODECS:
+        raise ValueError(f"feature dtype {name!r} is unknown; choose one of {sorted(CODECS)}")
+    return CODECS[name]
+
+
+@dataclass
+class FeatureBatch:
+    """Tokens of B (clip, view) pairs padded to a common N; `mask` is True for real tokens."""
+
+    tokens: torch.Tensor  # [B, N, D] float32
+    positions: torch.Tensor  # [B, N, 3] int64
+    mask: torch.Tensor  # [B, N] bool
+    labels: torch.Tensor  # [B] int64
+
+    def to(self, device: torch.device | str) -> FeatureBatch:
+        move = [
+            t.to(device, non_blocking=True) for t in (self.tokens, self.positions, self.mask, self.labels)
+        ]
+        return FeatureBatch(*move)
+
+
+class Features(Protocol):
+    """What the trainer needs from stored features: sizes, labels and random access by (clip, view)."""
+
+    fingerprint: str
+    num_clips: int
+    num_views: int
+    num_tokens: int
+    embed_dim: int
+    labels: np.ndarray
+
+    def batch(self, clips: np.ndarray, views: np.ndarray) -> FeatureBatch: ...
+
+
+class ArrayFeatures:
+    """Features held as arrays, in memory or memory-mapped (one store shard is one of these).
+
+    tokens `[C, V, N, D]` (in `dtype`'s disk representation), positions `[C, V, N, 3]`,
+    lengths `[C, V]` (real tokens per view, the rest is padding; default all N), labels `[C]`.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        labels: np.ndarray,
+        lengths: np.ndarray | None = None,
+        dtype: str = "float32",
+        fingerprint: str | None = None,
+    ) -> None:
+        self.tokens, self.positions, self.labels = tokens, positions, np.asarray(labels, dtype=np.int64)
+        self.num_clips, self.num_views, self.num_tokens, self.embed_dim = tokens.shape
+        self.lengths = np.full(tokens.shape[:2], self.num_tokens) if lengths is None else lengths
+        self.codec = _codec(dtype)
+        self._fingerprint = fingerprint
+
+    @property
+    def fingerprint(self) -> str:
+        """A content hash unless one was given (stores pass theirs)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for arr in (self.tokens, self.positions, self.lengths, self.labels):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def gather(
+        self, clips: np.ndarray, views: np.ndarray, num_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens float32, positions int64, lengths int64) of the pairs, padded to `num_tokens`."""
+        pad = num_tokens - self.num_tokens
+        tokens = F.pad(self.codec.decode(self.tokens[clips, views]), (0, 0, 0, pad))
+        positions = F.pad(torch.from_numpy(self.positions[clips, views].astype(np.int64)), (0, 0, 0, pad))
+        return tokens, positions, torch.from_numpy(self.lengths[clips, views].astype(np.int64))
+
+    def batch(self, clips: np.ndarray, views: np.ndarray) -> FeatureBatch:
+        return _make_batch(*self.gather(clips, views, self.num_tokens), self.labels[clips])
+
+
+def _make_batch(
+    tokens: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, labels: np.ndarray
+) -> FeatureBatch:
+    mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return FeatureBatch(tokens, positions, mask, torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+
+
+class FeatureStore:
+    """A complete store on disk, read through memory maps. Open with `FeatureStore(path)`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"feature store {self.path} is incomplete (no {MANIFEST}); "
+                "run the extraction again to finish it"
+            )
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        m = self.manifest
+        self.fingerprint: str = m["fingerprint"]
+        self.num_clips: int = m["num_clips"]
+        self.num_views: int = m["views"]
+        self.num_tokens: int = m["num_tokens"]
+        self.embed_dim: int = m["embed_dim"]
+        self.temporal_extent: int = m["temporal_extent"]
+        self.shard_size: int = m["shard_size"]
+        self.clip_ids: list[str] = [c for s in m["shards"] for c in s["clips"]]
+        self.labels = np.asarray([y for s in m["shards"] for y in s["labels"]], dtype=np.int64)
+        self._shards: dict[int, ArrayFeatures] = {}
+
+    def shard(self, index: int) -> ArrayFeatures:
+        if index not in self._shards:
+            arrays = _load_shard_arrays(self.path, index, mmap=True)
+            start = index * self.shard_size
+            self._shards[index] = ArrayFeatures(
+                arrays["tokens"],
+                arrays["positions"],
+                self.labels[start : start + len(arrays["lengths"])],
+                arrays["lengths"],
+                dtype=self.manifest["dtype"],
+                fingerprint=f"{self.fingerprint}/{index}",
+            )
+        return self._shards[index]
+
+    def batch(self, clips: np.ndarray, views: np.ndarray) -> FeatureBatch:
+        clips, views = np.asarray(clips), np.asarray(views)
+        n = len(clips)
+        tokens = torch.empty(n, self.num_tokens, self.embed_dim)
+        positions = torch.empty(n, self.num_tokens, 3, dtype=torch.int64)
+        lengths = torch.empty(n, dtype=torch.int64)
+        shard_of = clips // self.shard_size
+        for k in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == k)
+            t, p, ln = self.shard(int(k)).gather(
+                clips[sel] - k * self.shard_size, views[sel], self.num_tokens
+            )
+            idx = torch.from_numpy(sel)
+            tokens[idx], positions[idx], lengths[idx] = t, p, ln
+        return _make_batch(tokens, positions, lengths, self.labels[clips])
+
+
+class ClipLike(Protocol):
+    clip_id: str
+    label: int
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    """Everything that determines a store's content; its fingerprint names the store folder."""
+
+    backbone: str
+    checkpoint: str
+    task: str
+    split: str
+    sampling: Mapping[str, Any]
+    seed: int
+    views: int
+    dtype: str
+    clips: str  # sha256 of the (clip_id, label) list
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(_canonical(asdict(self)).encode()).hexdigest()[:16]
+
+    def dirname(self) -> str:
+        readable = "_".join(
+            re.sub(r"[^A-Za-z0-9.-]+", "-", s) for s in (self.backbone, self.task, self.split)
+        )
+        return f"{readable}_{self.fingerprint()}"
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def clips_digest(clips: Sequence[ClipLike]) -> str:
+    return hashlib.sha256(_canonical([[c.clip_id, int(c.label)] for c in clips]).encode()).hexdigest()
+
+
+def extract_features(
+    backbone: Backbone,
+    clips: Sequence[ClipLike],
+    sample_views: Callable[[ClipLike], Sequence[SampledClip]],
+    *,
+    root: str | Path,
+    task: str,
+    split: str,
+    sampling: Mapping[str, Any],
+    seed: int,
+    views: int = 1,
+    dtype: str = "float16",
+    shard_size: int = 32,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    verify: bool = True,
+    progress: bool = True,
+) -> FeatureStore:
+    """Return the store for these clips, computing only what is missing.
+
+    `sample_views(clip)` must return the clip's `views` SampledClips (decoded and sampled with
+    `sampling` and `seed`; the store records them, the callable applies them). An existing complete
+    store is reused; with `verify` every shard's sha256 is checked first and a failing shard is
+    recomputed. `num_workers` > 0 decodes clips in DataLoader worker processes.
+    """
+    _codec(dtype)
+    if not clips:
+        raise ValueError(f"no clips to extract for task {task!r} split {split!r}")
+    key = StoreKey(
+        backbone=backbone.name,
+        checkpoint=backbone.fingerprint(),
+        task=task,
+        split=split,
+        sampling=dict(sampling),
+        seed=seed,
+        views=views,
+        dtype=dtype,
+        clips=clips_digest(clips),
+    )
+    path = Path(root) / key.dirname()
+    path.mkdir(parents=True, exist_ok=True)
+    shard_size = _layout(path, key, shard_size, len(clips))
+    num_shards = -(-len(clips) // shard_size)
+    complete = (path / MANIFEST).is_file()
+    if complete and not verify:
+        return FeatureStore(path)
+    todo = [k for k in range(num_shards) if not _shard_ok(path, k, verify)]
+    if complete and not todo:
+        return FeatureStore(path)
+    if complete:
+        log.warning("feature store %s: shards %s fail their checksum; recomputing them", path, todo)
+        (path / MANIFEST).unlink()
+    if todo:
+        _extract_shards(
+            backbone, clips, sample_views, path, key, shard_size, todo, batch_size, num_workers, progress
+        )
+    _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone)
+    return FeatureStore(path)
+
+
+def _layout(path: Path, key: StoreKey, shard_size: int, num_clips: int) -> int:
+    """Write the store's layout on creation; later runs keep its shard size so shards stay valid."""
+    layout_path = path / LAYOUT
+    if layout_path.is_file():
+        layout = json.loads(layout_path.read_text())
+        if layout["fingerprint"] != key.fingerprint() or layout["num_clips"] != num_clips:
+            raise RuntimeError(f"{layout_path} describes another store; move the folder {path} away")
+        return int(layout["shard_size"])
+    layout = {
+        "fingerprint": key.fingerprint(),
+        "key": asdict(key),
+        "shard_size": shard_size,
+        "num_clips": num_clips,
+    }
+    _atomic_write_text(layout_path, json.dumps(layout, indent=1, default=str))
+    return shard_size
+
+
+def _shard_name(index: int, what: str) -> str:
+    return f"shard_{index:05d}.{what}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _shard_ok(path: Path, index: int, verify: bool) -> bool:
+    """A shard counts as written when its sidecar exists and its files match it (by hash, or by size).
+
+    A shard that fails loses its sidecar, so it reads as unwritten until it is recomputed.
+    """
+    sidecar = path / _shard_name(index, "json")
+    if not sidecar.is_file():
+        return False
+    files = json.loads(sidecar.read_text())["files"]
+    for entry in files.values():
+        f = path / entry["name"]
+        if (
+            not f.is_file()
+            or f.stat().st_size != entry["bytes"]
+            or (verify and _sha256(f) != entry["sha256"])
+        ):
+            sidecar.unlink()
+            return False
+    return True
+
+
+def _load_shard_arrays(path: Path, index: int, mmap: bool) -> dict[str, np.ndarray]:
+    return {
+        a: np.load(path / _shard_name(index, f"{a}.npy"), mmap_mode="r" if mmap else None)
+        for a in SHARD_ARRAYS
+    }
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    entry = {"name": path.name, "bytes": tmp.stat().st_size, "sha256": _sha256(tmp)}
+    os.replace(tmp, path)
+    return entry
+
+
+class _ClipViews(Dataset):
+    """Index -> (index, the clip's sampled views), checked against the clip; runs in loader workers."""
+
+    def __init__(self, clips: Sequence[ClipLike], sample_views: Callable, views: int) -> None:
+        self.clips, self.sample_views, self.views = clips, sample_views, views
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> tuple[int, list[SampledClip]]:
+        clip = self.clips[index]
+        out = list(self.sample_views(clip))
+        if len(out) != self.views:
+            raise ValueError(
+                f"clip {clip.clip_id!r}: sampler returned {len(out)} views, the store expects {self.views}"
+            )
+        for v in out:
+            if v.clip_id != clip.clip_id or v.label != clip.label:
+                raise ValueError(
+                    f"clip {clip.clip_id!r}: sampler returned a view of {v.clip_id!r} (label {v.label})"
+                )
+        return index, out
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+class _ShardWriter:
+    """Collects one shard's views, encodes them in batches of equal shape, and writes the shard."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        path: Path,
+        index: int,
+        clips: Sequence[ClipLike],
+        views: int,
+        codec: Codec,
+        batch_size: int,
+    ) -> None:
+        self.backbone, self.path, self.index, self.clips = backbone, path, index, clips
+        self.codec, self.batch_size = codec, batch_size
+        self.tokens: list[list[Any]] = [[None] * views for _ in clips]
+        self.positions: list[list[Any]] = [[None] * views for _ in clips]
+        self.pending: list[tuple[int, int, SampledClip]] = []
+        self.received = 0
+        self.device = next(backbone.parameters(), torch.empty(0)).device
+
+    def add(self, slot: int, views: list[SampledClip]) -> None:
+        self.pending.extend((slot, v, sc) for v, sc in enumerate(views))
+        self.received += 1
+        if len(self.pending) >= self.batch_size:
+            self._encode_pending()
+
+    @property
+    def complete(self) -> bool:
+        return self.received == len(self.clips)
+
+    @torch.inference_mode()
+    def _encode_pending(self) -> None:
+        groups: dict[tuple, list[tuple[int, int, SampledClip]]] = {}
+        for item in self.pending:
+            groups.setdefault((tuple(item[2].frames.shape), tuple(item[2].positions.shape)), []).append(item)
+        self.pending = []
+        for items in groups.values():
+            for i in range(0, len(items), self.batch_size):
+                chunk = items[i : i + self.batch_size]
+                frames = torch.stack([sc.frames for _, _, sc in chunk]).to(self.device)
+                positions = torch.stack([sc.positions for _, _, sc in chunk]).to(self.device)
+                out = self.backbone.encode(frames, positions)
+                expected = (len(chunk), positions.shape[1], self.backbone.embed_dim)
+                if tuple(out.shape) != expected:
+                    raise RuntimeError(
+                        f"{self.backbone.name}.encode returned {tuple(out.shape)}, expected {expected}"
+                    )
+                tokens = self.codec.encode(out.detach().cpu())
+                for (slot, v, sc), tok in zip(chunk, tokens, strict=True):
+                    self.tokens[slot][v] = tok
+                    self.positions[slot][v] = sc.positions.cpu().numpy().astype(np.int32)
+
+    def write(self) -> None:
+        """Write the arrays, then the sidecar (with their sha256) that commits the shard."""
+        self._encode_pending()
+        n = max(t.shape[0] for row in self.tokens for t in row)
+        s, v, d = len(self.clips), len(self.tokens[0]), self.backbone.embed_dim
+        tokens = np.zeros((s, v, n, d), dtype=self.codec.disk_dtype)
+        positions = np.zeros((s, v, n, 3), dtype=np.int32)
+        lengths = np.zeros((s, v), dtype=np.int32)
+        for c in range(s):
+            for j in range(v):
+                k = lengths[c, j] = self.tokens[c][j].shape[0]
+                tokens[c, j, :k] = self.tokens[c][j]
+                positions[c, j, :k] = self.positions[c][j]
+        arrays = {"tokens": tokens, "positions": positions, "lengths": lengths}
+        files = {
+            a: _atomic_save_npy(self.path / _shard_name(self.index, f"{a}.npy"), arr)
+            for a, arr in arrays.items()
+        }
+        real = np.arange(n)[None, None, :] < lengths[..., None]
+        sidecar = {
+            "index": self.index,
+            "clips": [c.clip_id for c in self.clips],
+            "labels": [int(c.label) for c in self.clips],
+            "num_tokens": n,
+            "temporal_extent": int(positions[..., 0][real].max(initial=-1)) + 1,
+            "files": files,
+        }
+        _atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar))
+
+
+def _extract_shards(
+    backbone: Backbone,
+    clips: Sequence[ClipLike],
+    sample_views: Callable,
+    path: Path,
+    key: StoreKey,
+    shard_size: int,
+    todo: list[int],
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> None:
+    order = [i for k in todo for i in range(k * shard_size, min((k + 1) * shard_size, len(clips)))]
+    loader = DataLoader(
+        _ClipViews(clips, sample_views, key.views),
+        batch_size=None,
+        sampler=order,
+        collate_fn=_as_is,
+        num_workers=num_workers,
+    )
+    codec = _codec(key.dtype)
+    backbone.eval()
+    writer: _ShardWriter | None = None
+    bar = tqdm(
+        total=len(clips),
+        initial=len(clips) - len(order),
+        desc=f"features {key.backbone} {key.task}/{key.split}",
+        unit="clip",
+        disable=not progress,
+    )
+    with bar:
+        for index, views in loader:
+            k = index // shard_size
+            if writer is None:
+                members = clips[k * shard_size : (k + 1) * shard_size]
+                writer = _ShardWriter(backbone, path, k, members, key.views, codec, batch_size)
+            writer.add(index - k * shard_size, views)
+            if writer.complete:
+                writer.write()
+                writer = None
+            bar.update(1)
+
+
+def _commit_manifest(
+    path: Path, key: StoreKey, shard_size: int, num_clips: int, num_shards: int, backbone: Backbone
+) -> None:
+    shards = [json.loads((path / _shard_name(k, "json")).read_text()) for k in range(num_shards)]
+    manifest = {
+        "fingerprint": key.fingerprint(),
+        **asdict(key),
+        "complete": True,
+        "num_clips": num_clips,
+        "shard_size": shard_size,
+        "num_tokens": max(s["num_tokens"] for s in shards),
+        "embed_dim": backbone.embed_dim,
+        "temporal_extent": max(s["temporal_extent"] for s in shards),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "shards": shards,
+    }
+    _atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1, default=str))

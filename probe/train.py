@@ -1,0 +1,458 @@
+"""Train a grid of attentive probes side by side over stored features (V-JEPA 2's frozen protocol).
+
+Every probe of the grid (learning rates x weight decays) sees the same batches; each has its own AdamW
+and a per-step linear decay to `final_lr` without warm-up. A validation split carved from the training
+clips picks one (probe, epoch); the test split is evaluated with that state once. The test top-1 of
+every probe at every epoch is also tracked, only to report the original protocol's maximum over the
+grid, which is selected on the test set and therefore optimistic.
+
+Validation clips are scored on all their stored views, averaged like the test views.
+Data order and the training view of each clip derive from (seed, epoch), so an epoch-end checkpoint
+(`checkpoint=`) resumes to the same final numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from probe.evaluate import (
+    Metrics,
+    aggregate_views,
+    autocast,
+    classification_metrics,
+    per_view_top1,
+    predict,
+    topk_accuracy,
+)
+from probe.features import Features
+from probe.head import AttentiveProbe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Architecture of every probe of a grid (see `AttentiveProbe`)."""
+
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    depth: int = 0
+    temporal_pos: str = "none"
+    temporal_slots: int | None = None
+
+    def build(self, embed_dim: int, num_classes: int) -> AttentiveProbe:
+        return AttentiveProbe(embed_dim, num_classes, **asdict(self))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation, selection and evaluation settings shared by the probes of a grid."""
+
+    lrs: tuple[float, ...] = (1e-4,)
+    wds: tuple[float, ...] = (0.0,)
+    epochs: int = 10
+    batch_size: int = 32
+    final_lr: float = 1e-7
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    view_space: str = "logit"  # how val/test views are averaged: "logit" or "prob"
+    track_test: bool = True  # test top-1 every epoch, only for the grid-maximum number
+    bootstrap: int = 1000
+    eval_batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    name: str
+    lr: float
+    wd: float
+
+
+def probe_grid(recipe: Recipe) -> list[ProbeSpec]:
+    return [ProbeSpec(f"lr={lr:g}_wd={wd:g}", lr, wd) for lr, wd in product(recipe.lrs, recipe.wds)]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    val_top1: float
+    val_loss: float
+    test_top1: float | None  # never used for selection
+    lr: float  # at the end of the epoch
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The (probe, epoch) with the best validation top-1 (ties: lower validation loss, then earlier)."""
+
+    probe: str
+    epoch: int
+    val_top1: float
+    val_loss: float
+
+
+@dataclass(frozen=True)
+class GridMaximum:
+    """The original protocol's number: the best test top-1 over all epochs and probes (chosen on test)."""
+
+    top1: float
+    probe: str
+    epoch: int
+
+
+@dataclass
+class GridResult:
+    probes: list[ProbeSpec]
+    curves: dict[str, list[EpochStats]]
+    selected: Selection
+    test: Metrics  # of the selected probe state, evaluated once
+    test_per_view_top1: list[float]
+    best_test_over_grid: GridMaximum | None
+    num_train: int
+    num_val: int
+    num_test: int
+    train_seconds: float  # this session only (a resumed run counts from its restart)
+    test_view_logits: torch.Tensor = field(repr=False)  # [C, V, K] of the selected probe
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the logits)."""
+        out = asdict(replace(self, test_view_logits=torch.empty(0)))  # asdict would deep-copy the logits
+        del out["test_view_logits"]
+        return out
+
+
+def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of clip indices, stratified by class: round(fraction * n_c) of each class go to val."""
+    rng = np.random.default_rng([seed, 1])
+    val: list[np.ndarray] = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        val.append(members[: round(fraction * len(members))])
+    val_idx = np.sort(np.concatenate(val))
+    if not len(val_idx):
+        raise ValueError(f"val_fraction {fraction} leaves no validation clips out of {len(labels)}; raise it")
+    return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
+
+
+class _Grid:
+    """The probes with their optimisers and schedules, all built from one seed."""
+
+    def __init__(
+        self,
+        specs: list[ProbeSpec],
+        embed_dim: int,
+        num_classes: int,
+        head: HeadConfig,
+        recipe: Recipe,
+        total_steps: int,
+        device: torch.device,
+    ) -> None:
+        self.heads, self.optimizers, self.schedulers = [], [], []
+        for spec in specs:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(recipe.seed)
+                model = head.build(embed_dim, num_classes).to(device)
+            groups = [
+                {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": spec.wd},
+                {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+            ]
+            optimizer = AdamW(groups, lr=spec.lr, betas=recipe.betas)
+            self.heads.append(model)
+            self.optimizers.append(optimizer)
+            self.schedulers.append(LambdaLR(optimizer, _linear_decay(spec.lr, recipe.final_lr, total_steps)))
+
+    def state_dict(self) -> dict[str, list[dict]]:
+        return {
+            "heads": [h.state_dict() for h in self.heads],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict[str, list[dict]]) -> None:
+        for objs, key in (
+            (self.heads, "heads"),
+            (self.optimizers, "optimizers"),
+            (self.schedulers, "schedulers"),
+        ):
+            for obj, sd in zip(objs, state[key], strict=True):
+                obj.load_state_dict(sd)
+
+
+def _linear_decay(lr: float, final_lr: float, total_steps: int) -> Callable[[int], float]:
+    end = final_lr / lr
+    return lambda step: 1.0 + (end - 1.0) * min(step, total_steps) / total_steps
+
+
+def train_probe_grid(
+    train: Features,
+    test: Features,
+    num_classes: int,
+    head: HeadConfig = HeadConfig(),
+    recipe: Recipe = Recipe(),
+    *,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    on_epoch_end: Callable[[int, dict[str, EpochStats]], None] | None = None,
+    progress: bool = True,
+) -> GridResult:
+    """Train the grid, select on validation, evaluate the selected state on test once.
+
+    `checkpoint` is a file written atomically after every epoch and resumed from if present (it must
+    come from the same features and settings). `on_epoch_end(epoch, stats_by_probe)` runs after
+    that write.
+    """
+    if recipe.epochs < 1:
+        raise ValueError(f"recipe.epochs must be at least 1, got {recipe.epochs}")
+    device = torch.device(device)
+    started = time.perf_counter()
+    specs = probe_grid(recipe)
+    train_idx, val_idx = split_train_val(train.labels, recipe.val_fraction, recipe.seed)
+    steps_per_epoch = math.ceil(len(train_idx) / recipe.batch_size)
+    grid = _Grid(specs, train.embed_dim, num_classes, head, recipe, recipe.epochs * steps_per_epoch, device)
+    curves: dict[str, list[EpochStats]] = {s.name: [] for s in specs}
+    best: Selection | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    done = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    key = _run_key(train, test, num_classes, head, recipe)
+    if ckpt is not None and ckpt.is_file():
+        saved = _load_checkpoint(ckpt, key, device)
+        grid.load_state_dict(saved)
+        curves = {n: [EpochStats(**s) for s in c] for n, c in saved["curves"].items()}
+        best = Selection(**saved["best"]) if saved["best"] else None
+        best_state = {k: v.cpu() for k, v in saved["best_state"].items()}
+        done = saved["epoch"]
+        log.info("resuming probe training from %s after epoch %d", ckpt, done)
+
+    bar = tqdm(
+        total=recipe.epochs * steps_per_epoch,
+        initial=done * steps_per_epoch,
+        desc="probes",
+        unit="step",
+        disable=not progress,
+    )
+    with bar, logging_redirect_tqdm():
+        for epoch in range(done, recipe.epochs):
+            t0 = time.perf_counter()
+            losses = _train_epoch(grid, train, train_idx, recipe, epoch, device, bar)
+            for spec, model, stats in zip(
+                specs,
+                grid.heads,
+                _score(grid, losses, train, val_idx, test, recipe, epoch, device),
+                strict=True,
+            ):
+                curves[spec.name].append(stats)
+                if best is None or (stats.val_top1, -stats.val_loss) > (best.val_top1, -best.val_loss):
+                    best = Selection(spec.name, epoch + 1, stats.val_top1, stats.val_loss)
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            _log_epoch(epoch + 1, recipe.epochs, curves, best, time.perf_counter() - t0)
+            if ckpt is not None:
+                _save_checkpoint(ckpt, key, epoch + 1, grid, curves, best, best_state)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, {name: c[-1] for name, c in curves.items()})
+
+    assert best is not None and best_state is not None  # epochs >= 1
+    final = head.build(train.embed_dim, num_classes).to(device)
+    final.load_state_dict(best_state)
+    logits = predict([final], test, np.arange(test.num_clips), device, recipe.eval_batch_size)[0]
+    metrics = classification_metrics(logits, test.labels, recipe.view_space, recipe.bootstrap, recipe.seed)
+    log.info(
+        "selected %s epoch %d (val top-1 %.2f): test top-1 %.2f [%.2f, %.2f], top-5 %.2f, mean-class %.2f",
+        best.probe,
+        best.epoch,
+        best.val_top1,
+        metrics.top1,
+        metrics.top1_low,
+        metrics.top1_high,
+        metrics.top5,
+        metrics.mean_class,
+    )
+    return GridResult(
+        probes=specs,
+        curves=curves,
+        selected=best,
+        test=metrics,
+        test_per_view_top1=per_view_top1(logits, test.labels),
+        best_test_over_grid=_grid_maximum(curves),
+        num_train=len(train_idx),
+        num_val=len(val_idx),
+        num_test=test.num_clips,
+        train_seconds=time.perf_counter() - started,
+        test_view_logits=logits,
+    )
+
+
+def _train_epoch(
+    grid: _Grid,
+    train: Features,
+    train_idx: np.ndarray,
+    recipe: Recipe,
+    epoch: int,
+    device: torch.device,
+    bar: tqdm,
+) -> list[float]:
+    """One pass over the training clips, one seeded random view per clip; mean loss of each probe."""
+    rng = np.random.default_rng([recipe.seed, 2, epoch])
+    order = rng.permutation(train_idx)
+    views = rng.integers(train.num_views, size=len(order))
+    sums = torch.zeros(len(grid.heads), device=device)
+    for head in grid.heads:
+        head.train()
+    for start in range(0, len(order), recipe.batch_size):
+        sl = slice(start, start + recipe.batch_size)
+        batch = train.batch(order[sl], views[sl]).to(device)
+        for p, (head, optimizer, scheduler) in enumerate(
+            zip(grid.heads, grid.optimizers, grid.schedulers, strict=True)
+        ):
+            with autocast(device):
+                logits = head(batch.tokens, batch.positions, batch.mask)
+            loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), recipe.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            sums[p] += loss.detach() * len(batch.labels)
+        bar.update(1)
+    return (sums / len(order)).tolist()
+
+
+def _score(
+    grid: _Grid,
+    losses: list[float],
+    train: Features,
+    val_idx: np.ndarray,
+    test: Features,
+    recipe: Recipe,
+    epoch: int,
+    device: torch.device,
+) -> list[EpochStats]:
+    """Each probe's epoch: validation top-1 and loss, and (tracking only) test top-1."""
+    val_logits = predict(grid.heads, train, val_idx, device, recipe.eval_batch_size)
+    val_labels = torch.from_numpy(train.labels[val_idx])
+    test_logits = None
+    if recipe.track_test:
+        test_logits = predict(grid.heads, test, np.arange(test.num_clips), device, recipe.eval_batch_size)
+    out = []
+    for p, scheduler in enumerate(grid.schedulers):
+        logp = aggregate_views(val_logits[p], recipe.view_space)
+        out.append(
+            EpochStats(
+                epoch=epoch + 1,
+                train_loss=losses[p],
+                val_top1=topk_accuracy(logp, val_labels, 1),
+                val_loss=-logp.gather(1, val_labels[:, None]).mean().item(),
+                test_top1=None
+                if test_logits is None
+                else _top1(test_logits[p], test.labels, recipe.view_space),
+                lr=scheduler.get_last_lr()[0],
+            )
+        )
+    return out
+
+
+def _top1(view_logits: torch.Tensor, labels: np.ndarray, space: str) -> float:
+    return topk_accuracy(aggregate_views(view_logits, space), torch.from_numpy(labels), 1)
+
+
+def _grid_maximum(curves: dict[str, list[EpochStats]]) -> GridMaximum | None:
+    tracked = [
+        (s.test_top1, name, s.epoch) for name, c in curves.items() for s in c if s.test_top1 is not None
+    ]
+    if not tracked:
+        return None
+    top1, name, epoch = max(tracked, key=lambda t: t[0])
+    return GridMaximum(top1, name, epoch)
+
+
+def _log_epoch(
+    epoch: int, epochs: int, curves: dict[str, list[EpochStats]], best: Selection, seconds: float
+) -> None:
+    last = {name: c[-1] for name, c in curves.items()}
+    leader = max(last, key=lambda n: (last[n].val_top1, -last[n].val_loss))
+    tests = [s.test_top1 for s in last.values() if s.test_top1 is not None]
+    log.info(
+        "epoch %d/%d | best val this epoch %s: loss %.4f val top-1 %.2f | max test top-1 %s | "
+        "selected so far %s@%d (%.2f) | %.1fs",
+        epoch,
+        epochs,
+        leader,
+        last[leader].train_loss,
+        last[leader].val_top1,
+        f"{max(tests):.2f}" if tests else "-",
+        best.probe,
+        best.epoch,
+        best.val_top1,
+        seconds,
+    )
+
+
+def _run_key(train: Features, test: Features, num_classes: int, head: HeadConfig, recipe: Recipe) -> str:
+    blob = {
+        "train": train.fingerprint,
+        "test": test.fingerprint,
+        "num_classes": num_classes,
+        "head": asdict(head),
+        "recipe": asdict(recipe),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(
+    path: Path,
+    key: str,
+    epoch: int,
+    grid: _Grid,
+    curves: dict[str, list[EpochStats]],
+    best: Selection,
+    best_state: dict[str, torch.Tensor],
+) -> None:
+    state = {
+        "run_key": key,
+        "epoch": epoch,
+        **grid.state_dict(),
+        "curves": {n: [asdict(s) for s in c] for n, c in curves.items()},
+        "best": asdict(best),
+        "best_state": best_state,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any]:
+    saved = torch.load(path, map_location=device, weights_only=True)
+    if saved["run_key"] != key:
+        raise RuntimeError(
+            f"checkpoint {path} was written for other features or settings (run key {saved['run_key']}, "
+            f"now {key}); delete it to start over or point `checkpoint` elsewhere"
+        )
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    if saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
+    return saved
