@@ -29,7 +29,9 @@ class SampledClip:
 
     `frames` holds uint8 pixels `[T, H, W, 3]`, already resized and centre-cropped to the
     backbone's size. In `dense` layout every patch of every frame is a token; in `packed`
-    layout the frames are pseudo-frames holding selected patches in raster order.
+    layout the frames are pseudo-frames holding selected patches in raster order (OneVision);
+    in `sparse` layout the frames are the sampled frames and only the patches at `positions`
+    are tokens (image backbones encode the frames and keep those tokens).
     `positions` is `[N, 3]` int64 `(t, h, w)` for the N tokens, in frame-major raster order,
     with t on the backbone's temporal grid and (h, w) in patch units.
     """
@@ -38,7 +40,7 @@ class SampledClip:
     label: int
     frames: torch.Tensor
     positions: torch.Tensor
-    layout: str = "dense"
+    layout: str = "dense"  # dense | packed | sparse
     source_frames: list[int] = field(default_factory=list)
     view: int = 0
 

@@ -1,7 +1,8 @@
 """Samplers: `Clip` -> views (`SampledClip`s) with frames and token positions, and their registry.
 
 Every sampler is built from the same arguments (`num_frames`, `size`, `patch_size`, `temporal_slots`,
-`num_clips`, `num_crops`, plus its own) and called as `sampler(clip, reader, rng, train)`.
+`num_clips`, `num_crops`, plus its own) and called as `sampler(clip, reader, rng, train)`:
+`uniform` (all patches of a few frames) and `codec` (a patch budget over many frames).
 """
 
 from __future__ import annotations
@@ -9,12 +10,23 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from tasks.clip import Clip, SampledClip
+from tasks.codec import CodecConfig, crop_box, patch_scores
+from tasks.codec_cache import MapCache, cached_analyse
+from tasks.selection import (
+    SelectionConfig,
+    check_packed_budget,
+    pack,
+    per_frame_sparse,
+    resolve_budget,
+    select_patches,
+)
 from tasks.video import VideoReader, crop_square, open_video, resize_shorter_side
 
 
@@ -155,4 +167,88 @@ class UniformSampler(SamplerConfig):
                             source_frames=indices[part].tolist(), view=k * len(crops) + c)
                 for c, pos in enumerate(crops)
             ]
+        return views
+
+
+@register_sampler("codec")
+@dataclass
+class CodecSampler(SamplerConfig):
+    """Codec patch-budget sampling: the `budget` patches richest in new information among all patches of
+    `num_frames` frames at linspace over the clip (64 for OneVision), scored from the codec's motion
+    vectors and residuals (`tasks.codec`), selected by `tasks.selection`.
+
+    The budget is `budget` patches or `frames_equiv` frames' worth. Every backbone gets the same K
+    patches at the same (t, h, w), laid out for how it takes them:
+    - `native_sparse` (OneVision): layout "packed", frames are the K / grid**2 pseudo-frames holding the
+      patches in ascending (t, h, w) order, positions their true (t, h, w) with t on the
+      `temporal_slots` grid;
+    - otherwise (image encoders): layout "sparse", frames are the `num_frames` sampled frames (zeros
+      where a frame holds no selected patch, so clips batch with one shape), positions the K kept
+      tokens with t indexing those frames (`tasks.selection.per_frame_sparse`); the backbone encodes
+      the frames positions point to and keeps those tokens.
+    `num_crops` spatial views each select their own patches from the same maps; the selection is
+    deterministic, so training draws the centre view. Maps are cached under `cache_dir` (if set) per
+    video, span and codec settings, so other budgets and options reuse them.
+    """
+
+    budget: int | None = None
+    frames_equiv: float | None = None
+    native_sparse: bool = False
+    keep_first_frame: bool = True
+    static_fallback: bool = True
+    static_frames: int = 4
+    center_prior: float = 0.0
+    time_buckets: int = 1
+    camera: str = "similarity"
+    fusion: str = "mean"
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_clips != 1:
+            raise ValueError("the codec sampler scores the whole clip at once; set num_clips=1")
+        self.k = resolve_budget(self.grid**2, self.budget, self.frames_equiv)
+        if self.native_sparse:
+            check_packed_budget(self.k, self.grid**2)
+        self.codec = CodecConfig(num_frames=self.num_frames, camera=self.camera, fusion=self.fusion)
+        self.selection = SelectionConfig(self.keep_first_frame, self.static_fallback, self.static_frames,
+                                         self.center_prior, time_buckets=self.time_buckets)
+        self.cache = MapCache(Path(self.cache_dir)) if self.cache_dir else None
+
+    def __call__(self, clip: Clip, reader: VideoReader | None = None,
+                 rng: np.random.Generator | None = None, train: bool = False) -> list[SampledClip]:
+        def resized(frame) -> torch.Tensor:
+            return resize_shorter_side(frame.to_ndarray(format="rgb24")[None], self.size)[0]
+
+        maps, pixels = cached_analyse(clip.path, self.codec, clip.start_frame, clip.end_frame, self.cache,
+                                      keep=resized)
+        crops = [0.5] if train else crop_positions(self.num_crops)
+        selections = []
+        for pos in crops:
+            box = crop_box(maps.frame_size, self.size, pos)
+            scores = patch_scores(maps, (self.grid, self.grid), box)
+            selections.append(select_patches(scores, self.k, self.selection, static=maps.static))
+        rows = np.flatnonzero(np.isin(maps.slots, np.unique(np.concatenate([s.slots for s in selections]))))
+        if pixels is None:  # cached maps: decode only the frames holding selected patches
+            reader = reader or open_video(clip.path, self.backend)
+            frames = resize_shorter_side(reader.get_frames(maps.frame_indices[rows]), self.size)
+        else:
+            frames = torch.stack([pixels[r] for r in rows])
+        views = []
+        for c, (pos, selection) in enumerate(zip(crops, selections, strict=True)):
+            cropped = crop_square(frames, self.size, pos).numpy()
+            if self.native_sparse:
+                out = pack(selection, cropped, maps.slots[rows], self.patch_size)
+                positions = selection.positions
+                positions[:, 0] = self.frame_slots[positions[:, 0]]
+                layout = "packed"
+            else:
+                out = np.zeros((self.num_frames, self.size, self.size, 3), np.uint8)
+                out[maps.slots[rows]] = cropped
+                positions = per_frame_sparse(selection, t="slot")[1]
+                layout = "sparse"
+            used = np.isin(maps.slots, selection.slots)
+            views.append(SampledClip(clip_id=clip.clip_id, label=clip.label, frames=torch.from_numpy(out),
+                                     positions=torch.from_numpy(positions), layout=layout,
+                                     source_frames=maps.frame_indices[used].tolist(), view=c))
         return views

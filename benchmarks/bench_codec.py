@@ -1,0 +1,121 @@
+"""What codec patch selection costs next to decoding, per fixture video, measured side by side.
+
+Columns (median of `--repeats` interleaved runs, seconds per clip, 64 frames at 224 px, patch 14):
+- `decode`: the bare sequential PyAV decode of every frame, no conversion (a floor, not a pipeline);
+- `uniform`: what the dense sampler pays: `tasks.video` decodes the 64 linspace frames, then the frames
+  are resized and centre-cropped (`resize_shorter_side`, `crop_square`);
+- `seq+crop`: the codec pass with its signal work removed: one sequential decode keeping the same 64
+  frames as resized crops. This is "decode only" for the codec sampler;
+- `codec`: the codec pass (motion vectors + residuals, same 64 frames kept as resized crops) plus patch
+  scores, top-K selection and packing into pseudo-frames;
+- `cached`: maps from the cache, then decoding only the frames that hold selected patches, selection
+  and packing.
+The target is that selection adds at most 30%: `codec / seq+crop <= 1.3`.
+
+    python benchmarks/bench_codec.py [--videos DIR] [--repeats 5] [--budget 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from tasks.codec import CodecConfig, analyse, crop_box, patch_scores, plan_slots
+from tasks.codec_cache import MapCache, cached_analyse
+from tasks.selection import pack, select_patches
+from tasks.video import crop_square, open_video, resize_shorter_side
+
+SIZE, PATCH = 224, 14
+GRID = SIZE // PATCH
+
+
+def bare_decode(path: Path) -> None:
+    with av.open(str(path)) as container:
+        for _ in container.decode(video=0):
+            pass
+
+
+def uniform(path: Path) -> np.ndarray:
+    reader = open_video(path, "pyav")
+    offsets, _ = plan_slots(reader.num_frames, 64)
+    return crop_square(resize_shorter_side(reader.get_frames(offsets), SIZE), SIZE).numpy()
+
+
+def to_crop(frame: av.VideoFrame) -> np.ndarray:
+    return crop_square(resize_shorter_side(frame.to_ndarray(format="rgb24")[None], SIZE), SIZE)[0].numpy()
+
+
+def sequential_crops(path: Path) -> np.ndarray:
+    n = open_video(path, "pyav").num_frames  # the same demux-only count the codec pass makes
+    wanted = set(plan_slots(n, 64)[0].tolist())
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return np.stack([to_crop(f) for i, f in enumerate(container.decode(stream)) if i in wanted])
+
+
+def select_and_pack(maps, frames: np.ndarray, rows: np.ndarray, budget: int) -> np.ndarray:
+    scores = patch_scores(maps, (GRID, GRID), crop_box(maps.frame_size, SIZE))
+    selection = select_patches(scores, budget, static=maps.static)
+    return pack(selection, frames, maps.slots[rows], PATCH)
+
+
+def codec(path: Path, budget: int) -> np.ndarray:
+    maps, pixels = analyse(path, CodecConfig(), keep=to_crop)
+    return select_and_pack(maps, np.stack(pixels), np.arange(len(maps.slots)), budget)
+
+
+def cached(path: Path, budget: int, cache: MapCache) -> np.ndarray:
+    maps, _ = cached_analyse(path, cache=cache)
+    scores = patch_scores(maps, (GRID, GRID), crop_box(maps.frame_size, SIZE))
+    selection = select_patches(scores, budget, static=maps.static)
+    rows = np.flatnonzero(np.isin(maps.slots, selection.slots))
+    frames = open_video(path, "pyav").get_frames(maps.frame_indices[rows])
+    frames = crop_square(resize_shorter_side(frames, SIZE), SIZE).numpy()
+    return pack(selection, frames, maps.slots[rows], PATCH)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default_videos = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "videos"
+    fixtures = Path(os.environ.get("OVPROBE_FIXTURES", default_videos.parent))
+    parser.add_argument("--videos", type=Path, default=fixtures / "videos")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=int, default=2048)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    names = ["cup.mp4", "Megamind.avi", "tree.avi"]
+    columns = ["decode", "uniform", "seq+crop", "codec", "cached"]
+    print(f"{'video':<14}{'frames':>7}" + "".join(f"{c:>10}" for c in columns)
+          + f"{'codec/seq+crop':>16}{'codec/uniform':>15}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = MapCache(Path(tmp))
+        for name in names:
+            path = args.videos / name
+            cached_analyse(path, cache=cache)  # warm the cache (and the file system) once
+            runs = {"decode": lambda p=path: bare_decode(p), "uniform": lambda p=path: uniform(p),
+                    "seq+crop": lambda p=path: sequential_crops(p),
+                    "codec": lambda p=path: codec(p, args.budget),
+                    "cached": lambda p=path: cached(p, args.budget, cache)}
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(args.repeats):
+                for key, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[key].append(time.perf_counter() - start)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            frames = open_video(path, "pyav").num_frames
+            print(f"{name:<14}{frames:>7}" + "".join(f"{med[c]:>10.3f}" for c in columns)
+                  + f"{med['codec'] / med['seq+crop']:>16.2f}{med['codec'] / med['uniform']:>15.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Codec saliency on generated clips with known motion, and on the real fixture videos."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import tasks.codec as codec
+import tasks.codec_cache as codec_cache
+from tasks.codec import CAMERA_MODELS, CodecConfig, analyse, crop_box, motion_vectors, patch_scores, rasterise
+from tasks.codec_cache import MapCache, cached_analyse, fingerprint
+from tasks.selection import Selection, select_patches
+from tasks.video import crop_square, resize_shorter_side
+
+SIZE, PATCH, GRID = 224, 14, 16
+SQUARE, START = 24, 8  # the moving square's side and its top-left corner at frame 0 (pixels)
+VELOCITY = (2, 1)  # pixels per frame, (x, y)
+N_FRAMES = 96
+MARGIN = 8  # half a 16-pixel macroblock: a block straddling the square's edge carries it whole
+
+
+def write_clip(path: Path, codec_name: str = "mpeg4", b_frames: int = 0, moving: bool = True,
+               pan: tuple[int, int] = (0, 0), n_frames: int = N_FRAMES) -> Path:
+    """A bright square moving at `VELOCITY` over a noisy background (itself panning by `pan`)."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(40, 140, (SIZE // 4 + 64, SIZE // 4 + 64), dtype=np.uint8)
+    background = background.repeat(4, 0).repeat(4, 1)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec_name, rate=25)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 24
+        if codec_name == "libx264":
+            stream.options = {"bf": str(b_frames), "preset": "veryfast"}
+        else:
+            stream.codec_context.max_b_frames = b_frames
+        for i in range(n_frames):
+            image = background[pan[1] * i:pan[1] * i + SIZE, pan[0] * i:pan[0] * i + SIZE].copy()
+            if moving:
+                x0, y0 = square_at(i)
+                image[y0:y0 + SQUARE, x0:x0 + SQUARE] = 235
+            frame = av.VideoFrame.from_ndarray(np.repeat(image[..., None], 3, axis=2), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def square_at(frame: int) -> tuple[int, int]:
+    return START + VELOCITY[0] * frame, START + VELOCITY[1] * frame
+
+
+def on_path_fraction(selection: Selection, frame_indices: np.ndarray) -> float:
+    """Fraction of the patches chosen by score (forced frames excluded) that touch the square, where it is
+    in the patch's frame or the one before (what changed), widened by `MARGIN`."""
+    hits = []
+    for t, h, w in selection.positions:
+        if t in selection.forced_slots:
+            continue
+        frame = int(frame_indices[t])
+        hit = False
+        for f in (frame, frame - 1):
+            x0, y0 = square_at(f)
+            hit |= (x0 - MARGIN < (w + 1) * PATCH and x0 + SQUARE + MARGIN > w * PATCH
+                    and y0 - MARGIN < (h + 1) * PATCH and y0 + SQUARE + MARGIN > h * PATCH)
+        hits.append(hit)
+    return float(np.mean(hits))
+
+
+def select(maps: codec.CodecMaps, budget: int) -> Selection:
+    scores = patch_scores(maps, (GRID, GRID), crop_box(maps.frame_size, SIZE))
+    return select_patches(scores, budget, static=maps.static)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("codec_clips")
+    return {
+        "mpeg4": write_clip(root / "square_mpeg4.avi"),
+        "mpeg4_b": write_clip(root / "square_mpeg4_b.avi", b_frames=2),
+        "h264_b": write_clip(root / "square_h264_b.mp4", "libx264", b_frames=2),
+        "pan": write_clip(root / "square_pan.avi", pan=(1, 1)),
+        "static": write_clip(root / "static.avi", moving=False),
+    }
+
+
+@pytest.mark.parametrize("name", ["mpeg4", "h264_b"])
+def test_motion_vectors_point_against_the_known_motion(clips, name):
+    """`src - dst` of the vectors on the square points against its velocity (future vectors negated); in
+    the stream without B-frames every P-frame refers to the previous frame, so the length matches too."""
+    flows = []
+    with av.open(str(clips[name])) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        for i, frame in enumerate(container.decode(stream)):
+            mvs = motion_vectors(frame)
+            if mvs is None:
+                assert frame.pict_type == av.video.frame.PictureType.I
+                continue
+            field = rasterise(mvs, (SIZE, SIZE))
+            dx, dy = field.past_pointing()
+            x, y = field.centres[:, 0] + SIZE / 2, field.centres[:, 1] + SIZE / 2
+            x0, y0 = square_at(i)
+            on_square = (x >= x0) & (x < x0 + SQUARE) & (y >= y0) & (y < y0 + SQUARE) & (np.hypot(dx, dy) > 0)
+            flows.append(np.stack([dx[on_square], dy[on_square]], axis=1))
+    flow = np.median(np.concatenate(flows), axis=0)
+    expected = -np.array(VELOCITY, float)
+    assert sum(len(f) for f in flows) > 50
+    assert flow @ expected / (np.linalg.norm(flow) * np.linalg.norm(expected)) > 0.95
+    if name == "mpeg4":
+        assert np.linalg.norm(flow - expected) < 0.5
+
+
+def test_rasterise_paints_each_block_on_its_cells():
+    mvs = np.zeros(3, dtype=[("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"), ("src_y", "<i2"),
+                             ("dst_x", "<i2"), ("dst_y", "<i2")])
+    # a 16x16 block at (0, 0), an 8x8 one at (16, 8) and a future-pointing 16x8 one at (16, 0)
+    for i, (src, w, h, x, y, mx, my) in enumerate([(-1, 16, 16, 8, 8, 3, -2), (-1, 8, 8, 20, 12, -5, 1),
+                                                   (1, 16, 8, 24, 4, 2, 2)]):
+        mvs[i] = (src, w, h, x + mx, y + my, x, y)
+    field = rasterise(mvs, (20, 40))
+    assert field.owner.shape == (2, 5, 10)
+    assert (field.owner[0, :4, :4] == 0).all() and (field.owner[0, 2:4, 4:6] == 1).all()
+    assert (field.owner[1, :2, 4:8] == 2).all()
+    assert (field.owner[0] >= 0).sum() == 16 + 4 and (field.owner[1] >= 0).sum() == 8
+    assert field.cell_map(field.dx, 0)[0, 0] == 3 and np.isnan(field.cell_map(field.dx, 0)[4, 9])
+    assert field.past_pointing()[0][2] == -2  # the future vector, negated
+
+
+@pytest.mark.parametrize("name", ["mpeg4", "mpeg4_b", "h264_b", "pan"])
+def test_selected_patches_follow_the_moving_object(clips, name):
+    maps, _ = analyse(clips[name])
+    assert maps.signals == "motion+residual" and not maps.static
+    selection = select(maps, 2 * GRID * GRID)  # one forced first frame + 256 patches by score
+    assert selection.forced_slots == (0,)
+    assert on_path_fraction(selection, maps.frame_indices) >= 0.9
+
+
+def test_camera_compensation_is_what_finds_the_object_in_a_pan(clips):
+    compensated, _ = analyse(clips["pan"], CodecConfig(camera="similarity"))
+    raw, _ = analyse(clips["pan"], CodecConfig(camera="none"))
+    assert on_path_fraction(select(compensated, 512), compensated.frame_indices) >= 0.9
+    assert on_path_fraction(select(raw, 512), raw.frame_indices) < 0.5
+
+
+def test_static_clip_engages_the_fallback(clips):
+    maps, _ = analyse(clips["static"])
+    assert maps.static
+    selection = select(maps, 6 * GRID * GRID)
+    assert selection.static and selection.forced_slots == (0, 21, 42, 63)
+    whole = np.bincount(selection.positions[:, 0], minlength=64)
+    assert all(whole[s] == GRID * GRID for s in selection.forced_slots)
+
+
+def test_similarity_fit_recovers_camera_motion_despite_outliers():
+    rng = np.random.default_rng(1)
+    points = rng.uniform(-200, 200, (400, 2))
+    true = codec.CameraMotion(tx=3.0, ty=-1.5, scale=1.02, rotation=0.01)
+    disp = true.displacement(points) + rng.normal(0, 0.2, points.shape)
+    disp[:80] += rng.uniform(-20, 20, (80, 2))  # 20% of the vectors: a moving object
+    fit = CAMERA_MODELS["similarity"](points, disp, np.ones(len(points)), 0.3)
+    assert abs(fit.tx - 3.0) < 0.1 and abs(fit.ty + 1.5) < 0.1
+    assert abs(fit.scale - 1.02) < 1e-3 and abs(fit.rotation - 0.01) < 1e-3
+    shift = CAMERA_MODELS["median"](points, np.tile([2.0, 1.0], (400, 1)), np.ones(400), 0.3)
+    assert (shift.tx, shift.ty) == (2.0, 1.0)
+
+
+def test_short_clip_spreads_its_frames_over_the_slots(clips):
+    maps, _ = analyse(clips["mpeg4"], end_frame=40)
+    assert list(maps.frame_indices) == list(range(40)) and maps.slots[-1] == 63
+    assert len(set(maps.slots.tolist())) == 40
+    scores = patch_scores(maps, (GRID, GRID), crop_box(maps.frame_size, SIZE))
+    assert np.isnan(scores).all(axis=(1, 2)).sum() == 24
+    selection = select_patches(scores, 40 * GRID * GRID)  # every available patch
+    assert set(selection.slots.tolist()) == set(maps.slots.tolist())
+    with pytest.raises(ValueError, match="exceeds the 10240 patches available"):
+        select_patches(scores, 40 * GRID * GRID + 1)
+
+
+def test_wrong_frame_count_is_replanned(clips, monkeypatch, caplog):
+    monkeypatch.setattr(codec, "count_frames", lambda path: 500)
+    with caplog.at_level(logging.WARNING, logger="tasks.codec"):
+        maps, _ = analyse(clips["mpeg4"])
+    assert "re-planning" in caplog.text
+    assert maps.frame_indices[-1] == N_FRAMES - 1 and len(maps.slots) == 64
+
+
+def test_cinepak_falls_back_to_residual_only(fixtures, caplog):
+    tree = fixtures / "videos" / "tree.avi"  # header says 444 frames, 68 decode
+    codec._warned_no_vectors.discard(str(tree))
+    with caplog.at_level(logging.WARNING, logger="tasks.codec"):
+        maps, _ = analyse(tree)
+        analyse(tree)
+    assert caplog.text.count("exports no motion vectors") == 1
+    assert maps.signals == "residual" and np.isnan(maps.motion).all()
+    assert maps.frame_indices[-1] == 67 and maps.fused.max() > 0
+
+
+def test_maps_are_cropped_like_the_pixels():
+    """A horizontal ramp through `resize_shorter_side` + `crop_square` starts and ends where `crop_box`
+    says, for both crop positions along the longer side."""
+    height, width = 480, 640
+    ramp = np.broadcast_to(np.linspace(0, 255, width)[None, :, None], (height, width, 3))
+    for position in (0.0, 0.5, 1.0):
+        pixels = crop_square(resize_shorter_side(ramp.astype(np.uint8)[None], SIZE), SIZE, position)[0]
+        top, left, h, w = crop_box((height, width), SIZE, position)
+        assert (top, h) == (0, height) and w == pytest.approx(height, rel=2e-3)  # 298.67 rounds to 299
+        seen = pixels[SIZE // 2, [0, -1], 0].numpy().astype(float) / 255 * (width - 1)  # source column
+        half = w / SIZE / 2  # first and last output pixels sample their centres; source pixel i is at i + .5
+        assert seen == pytest.approx([left + half - 0.5, left + w - half - 0.5], abs=2.0)
+
+
+def test_show_writes_a_picture_of_the_kept_patches(fixtures, tmp_path):
+    out, _, scores, selection = codec.show(fixtures / "videos" / "cup.mp4", tmp_path / "cup.png", budget=2048)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
+    kept = np.zeros(scores.size, bool)
+    kept[selection.indices] = True
+    free = np.ones(scores.shape, bool)
+    free[list(selection.forced_slots)] = False  # the forced first frame is kept whatever its score
+    kept, flat = kept[free.ravel()], scores[free]
+    assert flat[kept].mean() > 3 * flat[~kept].mean()
+    assert flat[kept].min() >= np.quantile(flat, 0.8)
+
+
+def test_cache_reuses_maps_and_recomputes_damaged_entries(clips, tmp_path, monkeypatch, caplog):
+    cache = MapCache(tmp_path / "cache")
+    fresh, pixels = cached_analyse(clips["mpeg4"], cache=cache, keep=lambda f: f.to_ndarray(format="rgb24"))
+    assert len(pixels) == 64 and pixels[0].shape == (SIZE, SIZE, 3)
+    key = fingerprint(clips["mpeg4"], CodecConfig(), None, None)
+    assert cache.entry(key).exists() and not list(cache.entry(key).parent.glob("*.tmp"))
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded despite a cached entry")
+
+    monkeypatch.setattr(codec_cache, "analyse", no_decode)
+    cached, pixels = cached_analyse(clips["mpeg4"], cache=cache)
+    assert pixels is None and cached.motion is None
+    np.testing.assert_array_equal(cached.fused, fresh.fused)
+    for budget in (512, 1024):  # other budgets select from the same maps, exactly as a fresh run
+        np.testing.assert_array_equal(select(cached, budget).indices, select(fresh, budget).indices)
+    assert fingerprint(clips["mpeg4"], CodecConfig(camera="median"), None, None) != key
+    assert fingerprint(clips["mpeg4"], CodecConfig(), 0, 50) != key
+
+    monkeypatch.undo()
+    data = bytearray(cache.entry(key).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cache.entry(key).write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="tasks.codec_cache"):
+        again, _ = cached_analyse(clips["mpeg4"], cache=cache)
+    assert "damaged" in caplog.text
+    np.testing.assert_array_equal(again.fused, fresh.fused)
+    assert cache.load(key) is not None  # rewritten whole
+
+
+def test_fusion_options_stay_in_unit_range(clips):
+    for fusion in ("mean", "max", "geomean"):
+        maps, _ = analyse(clips["mpeg4"], CodecConfig(fusion=fusion, norm_scope="frame"))
+        saliency = maps.saliency
+        assert saliency.min() >= 0 and saliency.max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="fusion='median'"):
+        CodecConfig(fusion="median")
+
+
+def test_patch_scores_integrate_the_map_over_each_patch():
+    fused = np.zeros((1, 56, 56), np.uint8)  # a 224x224 frame in 4-pixel cells
+    fused[0, 7:14, 0:7] = 255  # pixels 28-56 x 0-28: patches (2..3, 0..1) of the 16x16 grid
+    maps = codec.CodecMaps(fused=fused, frame_indices=np.array([0]), slots=np.array([5]), num_slots=8,
+                           frame_size=(224, 224), signals="residual", activity=0.0, static=False)
+    scores = patch_scores(maps, (16, 16), crop_box((224, 224), 224))
+    assert scores.shape == (8, 16, 16) and np.isnan(scores[0]).all()
+    np.testing.assert_allclose(scores[5, 2:4, 0:2], 49 / 4)  # a patch is 3.5 x 3.5 cells
+    assert scores[5].sum() == pytest.approx(49.0)
