@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from backbones.base import Backbone
 from tasks.clip import SampledClip
+from tasks.dataset import SkippedClip
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +165,20 @@ class FeatureStore:
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         m = self.manifest
         self.fingerprint: str = m["fingerprint"]
-        self.num_clips: int = m["num_clips"]
         self.num_views: int = m["views"]
         self.num_tokens: int = m["num_tokens"]
         self.embed_dim: int = m["embed_dim"]
         self.temporal_extent: int = m["temporal_extent"]
         self.shard_size: int = m["shard_size"]
-        self.clip_ids: list[str] = [c for s in m["shards"] for c in s["clips"]]
-        self.labels = np.asarray([y for s in m["shards"] for y in s["labels"]], dtype=np.int64)
+        # Clips skipped at extraction (on_bad_clip=skip) stay in their shards with no tokens; the store
+        # shows only usable clips, so index i here is the i-th usable clip.
+        self.skipped: dict[str, str] = {c: r for s in m["shards"] for c, r in s.get("skipped", {}).items()}
+        all_ids = [c for s in m["shards"] for c in s["clips"]]
+        self._all_labels = np.asarray([y for s in m["shards"] for y in s["labels"]], dtype=np.int64)
+        self._rows = np.asarray([i for i, c in enumerate(all_ids) if c not in self.skipped], dtype=np.int64)
+        self.num_clips = len(self._rows)
+        self.clip_ids: list[str] = [all_ids[i] for i in self._rows]
+        self.labels = self._all_labels[self._rows]
         self._shards: dict[int, ArrayFeatures] = {}
 
     def shard(self, index: int) -> ArrayFeatures:
@@ -181,7 +188,7 @@ class FeatureStore:
             self._shards[index] = ArrayFeatures(
                 arrays["tokens"],
                 arrays["positions"],
-                self.labels[start : start + len(arrays["lengths"])],
+                self._all_labels[start : start + len(arrays["lengths"])],
                 arrays["lengths"],
                 dtype=self.manifest["dtype"],
                 fingerprint=f"{self.fingerprint}/{index}",
@@ -189,7 +196,7 @@ class FeatureStore:
         return self._shards[index]
 
     def batch(self, clips: np.ndarray, views: np.ndarray) -> FeatureBatch:
-        clips, views = np.asarray(clips), np.asarray(views)
+        clips, views = self._rows[np.asarray(clips)], np.asarray(views)
         n = len(clips)
         tokens = torch.empty(n, self.num_tokens, self.embed_dim)
         positions = torch.empty(n, self.num_tokens, 3, dtype=torch.int64)
@@ -202,7 +209,7 @@ class FeatureStore:
             )
             idx = torch.from_numpy(sel)
             tokens[idx], positions[idx], lengths[idx] = t, p, ln
-        return _make_batch(tokens, positions, lengths, self.labels[clips])
+        return _make_batch(tokens, positions, lengths, self._all_labels[clips])
 
 
 class ClipLike(Protocol):
@@ -386,9 +393,12 @@ class _ClipViews(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> tuple[int, list[SampledClip]]:
+    def __getitem__(self, index: int) -> tuple[int, list[SampledClip] | SkippedClip]:
         clip = self.clips[index]
-        out = list(self.sample_views(clip))
+        out = self.sample_views(clip)
+        if isinstance(out, SkippedClip):
+            return index, out
+        out = list(out)
         if len(out) != self.views:
             raise ValueError(
                 f"clip {clip.clip_id!r}: sampler returned {len(out)} views, the store expects {self.views}"
@@ -423,12 +433,16 @@ class _ShardWriter:
         self.tokens: list[list[Any]] = [[None] * views for _ in clips]
         self.positions: list[list[Any]] = [[None] * views for _ in clips]
         self.pending: list[tuple[int, int, SampledClip]] = []
+        self.skipped: dict[str, str] = {}
         self.received = 0
         self.device = next(backbone.parameters(), torch.empty(0)).device
 
-    def add(self, slot: int, views: list[SampledClip]) -> None:
-        self.pending.extend((slot, v, sc) for v, sc in enumerate(views))
+    def add(self, slot: int, views: list[SampledClip] | SkippedClip) -> None:
         self.received += 1
+        if isinstance(views, SkippedClip):
+            self.skipped[views.clip_id] = views.reason
+            return
+        self.pending.extend((slot, v, sc) for v, sc in enumerate(views))
         if len(self.pending) >= self.batch_size:
             self._encode_pending()
 
@@ -461,13 +475,15 @@ class _ShardWriter:
     def write(self) -> None:
         """Write the arrays, then the sidecar (with their sha256) that commits the shard."""
         self._encode_pending()
-        n = max(t.shape[0] for row in self.tokens for t in row)
+        n = max((t.shape[0] for row in self.tokens for t in row if t is not None), default=0)
         s, v, d = len(self.clips), len(self.tokens[0]), self.backbone.embed_dim
         tokens = np.zeros((s, v, n, d), dtype=self.codec.disk_dtype)
         positions = np.zeros((s, v, n, 3), dtype=np.int32)
         lengths = np.zeros((s, v), dtype=np.int32)
         for c in range(s):
             for j in range(v):
+                if self.tokens[c][j] is None:  # a skipped clip: no tokens
+                    continue
                 k = lengths[c, j] = self.tokens[c][j].shape[0]
                 tokens[c, j, :k] = self.tokens[c][j]
                 positions[c, j, :k] = self.positions[c][j]
@@ -483,6 +499,7 @@ class _ShardWriter:
             "labels": [int(c.label) for c in self.clips],
             "num_tokens": n,
             "temporal_extent": int(positions[..., 0][real].max(initial=-1)) + 1,
+            "skipped": self.skipped,
             "files": files,
         }
         _atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar))

@@ -7,7 +7,7 @@ function moves it to `Batch.skipped`, so the main process counts skips even when
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +24,19 @@ from tasks.video import VideoDecodeError, open_video
 class SkippedClip:
     clip_id: str
     reason: str
+
+
+def sample_or_skip(
+    clip: Clip, on_bad_clip: str, sample: Callable[[], list[SampledClip]]
+) -> list[SampledClip] | SkippedClip:
+    """Apply the bad-clip policy around `sample()`: re-raise naming the clip ("error"), or skip ("skip")."""
+    try:
+        return sample()
+    except VideoDecodeError as e:
+        if on_bad_clip == "error":
+            raise VideoDecodeError(e.path, f"{e.reason} (clip {clip.clip_id}; set on_bad_clip='skip' "
+                                   "to skip and count such clips)") from e
+        return SkippedClip(clip.clip_id, str(e))
 
 
 class ClipDataset(Dataset):
@@ -49,13 +62,11 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> list[SampledClip] | SkippedClip:
         clip = self.clips[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        try:
+
+        def sample() -> list[SampledClip]:
             return self.sampler(clip, open_video(clip.path, self.backend), rng, self.train)
-        except VideoDecodeError as e:
-            if self.on_bad_clip == "error":
-                raise VideoDecodeError(e.path, f"{e.reason} (clip {clip.clip_id}; set on_bad_clip='skip' "
-                                       "to skip and count such clips)") from e
-            return SkippedClip(clip.clip_id, str(e))
+
+        return sample_or_skip(clip, self.on_bad_clip, sample)
 
 
 @dataclass
