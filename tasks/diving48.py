@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tasks.clip import Clip
-from tasks.registry import AnnotationError, Task, data_root, read_json, register_task, require
+from tasks.registry import AnnotationError, Task, data_root, json_records, read_json, register_task, require
 
 INT_KEYS = ("label", "start_frame", "end_frame")
 
@@ -39,11 +39,7 @@ class Diving48(Task):
 
     def _read_split(self, split: str) -> Iterable[Clip]:
         path = self.root / f"Diving48_V2_{split}.json"
-        records = read_json(path)
-        if not isinstance(records, list):
-            raise AnnotationError(f"{path} must hold a list of records")
-        for i, r in enumerate(records):
-            where = f"{path.name} record {i}"
+        for where, r in json_records(path):
             problem = require(r, ("vid_name", *INT_KEYS))
             if problem is None and not all(isinstance(r[k], int) for k in INT_KEYS):
                 problem = "label, start_frame and end_frame must be integers"

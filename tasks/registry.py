@@ -117,6 +117,15 @@ def read_json(path: Path) -> Any:
         raise AnnotationError(f"{path} is not valid JSON: {e}") from e
 
 
+def json_records(path: Path) -> Iterable[tuple[str, Any]]:
+    """(where, record) for each record of a JSON annotation file that must hold a list."""
+    records = read_json(path)
+    if not isinstance(records, list):
+        raise AnnotationError(f"{path} must hold a list of records")
+    for i, record in enumerate(records):
+        yield f"{path.name} record {i}", record
+
+
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tasks.clip import Clip
-from tasks.registry import AnnotationError, Task, data_root, read_json, register_task, require
+from tasks.registry import AnnotationError, Task, data_root, json_records, read_json, register_task, require
 
 
 def _class_index(path: Path) -> dict[str, int]:
@@ -51,11 +51,7 @@ class SomethingSomethingV2(Task):
 
     def _read_split(self, split: str) -> Iterable[Clip]:
         path = self.labels_dir / f"{split}.json"
-        records = read_json(path)
-        if not isinstance(records, list):
-            raise AnnotationError(f"{path} must hold a list of records")
-        for i, r in enumerate(records):
-            where = f"{path.name} record {i}"
+        for where, r in json_records(path):
             problem = require(r, ("id", "template"))
             if problem is None and template_class(str(r["template"])) not in self._index:
                 problem = f"template {r['template']!r} is not a class of labels.json"
