@@ -293,8 +293,6 @@ def extract_features(
     shard_size = _layout(path, key, shard_size, len(clips))
     num_shards = -(-len(clips) // shard_size)
     complete = (path / MANIFEST).is_file()
-    if complete and not verify:
-        return FeatureStore(path)
     todo = [k for k in range(num_shards) if not _shard_ok(path, k, verify)]
     if complete and not todo:
         return FeatureStore(path)

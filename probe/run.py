@@ -168,6 +168,7 @@ def extract(
         shard_size=extract_cfg["shard_size"],
         batch_size=extract_cfg["batch_size"],
         num_workers=config["num_workers"],
+        verify=extract_cfg["verify"],
         progress=config["progress"],
     )
 
