@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# Shared by the eval_*.sh scripts: they source this file and call `run_eval BACKBONE SETTING... -- "$@"`.
+# One `ovprobe` run per dataset; the task config carries the reference recipe's epochs (Diving-48 30,
+# SSv2 and Kinetics 10). Environment:
+#   DATASETS    tasks to evaluate, space separated (default: "diving48 ssv2 kinetics400")
+#   DATA_ROOT   folder with one folder per dataset, <DATA_ROOT>/<task> (default: $OVPROBE_DATA/<task>)
+#   CKPT_DIR    the backbone's checkpoint folder (config.json + weights; default: the Hugging Face cache)
+#   NPROC       processes per node; above 1 the run is launched with torchrun
+#   BATCH_SIZE  clips per backbone batch during feature extraction (default: the config's)
+#   DRY_RUN=1   print the resolved commands instead of running them
+# Extra arguments are Hydra overrides passed to every run, e.g. `probe.recipe.epochs=5 device=cuda:1`.
+
+set -euo pipefail
+
+run_eval() {
+    local backbone=$1
+    shift
+    local setting=()
+    while (($#)) && [[ $1 != -- ]]; do
+        setting+=("$1")
+        shift
+    done
+    if (($#)); then shift; fi # the --
+    local launcher=(ovprobe)
+    if ((${NPROC:-1} > 1)); then
+        launcher=(torchrun "--nproc_per_node=$NPROC" -m probe.run)
+    fi
+    local dataset
+    for dataset in ${DATASETS:-diving48 ssv2 kinetics400}; do
+        local cmd=("${launcher[@]}" "backbone=$backbone" "task=$dataset" "${setting[@]}")
+        if [[ -n ${DATA_ROOT:-} ]]; then cmd+=("++task.args.root=$DATA_ROOT/$dataset"); fi
+        if [[ -n ${CKPT_DIR:-} ]]; then cmd+=("++backbone.args.checkpoint=$CKPT_DIR"); fi
+        if [[ -n ${BATCH_SIZE:-} ]]; then cmd+=("extract.batch_size=$BATCH_SIZE"); fi
+        cmd+=("$@")
+        if [[ ${DRY_RUN:-0} == 1 ]]; then
+            printf '%q' "${cmd[0]}"
+            printf ' %q' "${cmd[@]:1}"
+            printf '\n'
+        else
+            "${cmd[@]}"
+        fi
+    done
+}

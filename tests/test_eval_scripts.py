@@ -1,0 +1,123 @@
+"""The per-backbone eval scripts: shellcheck-clean, and each resolves to the `ovprobe` runs it promises."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from probe.run import compose_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = REPO_ROOT / "shells_eval_ap"
+SCRIPTS = sorted(SCRIPTS_DIR.glob("eval_*.sh"))
+CONF_DIR = REPO_ROOT / "probe" / "conf"
+# script name prefix -> registered backbone name
+BACKBONES = {
+    "eval_ov_encoder_large": "onevision_large",
+    "eval_siglip2_large_patch16_256": "siglip2_large_patch16_256",
+    "eval_dinov3_large": "dinov3_large",
+    "eval_qwen3vit": "qwen3vit_8b",
+}
+EPOCHS = {"diving48": 30, "ssv2": 10, "kinetics400": 10}
+
+
+def script_env(**env: str) -> dict[str, str]:
+    """This environment without the variables the scripts read, plus `env`."""
+    unset = ("DATASETS", "DATA_ROOT", "CKPT_DIR", "NPROC", "BATCH_SIZE", "DRY_RUN")
+    return {**{k: v for k, v in os.environ.items() if k not in unset}, **env}
+
+
+def dry_run(script, *args: str, **env: str) -> list[list[str]]:
+    """The commands the script would run, one argument list per dataset."""
+    out = subprocess.run(
+        [str(script), *args], env=script_env(DRY_RUN="1", **env), capture_output=True, text=True, check=True
+    ).stdout
+    return [shlex.split(line) for line in out.splitlines()]
+
+
+def expected_setting(name: str) -> dict:
+    """What the file name promises: `<N>frames` (uniform) or `<N>kpatches_codec`."""
+    if match := re.search(r"_(\d+)frames\.sh$", name):
+        return {"name": "uniform", "frames_equiv": int(match[1]), "budget": None}
+    match = re.search(r"_(\d+)kpatches_codec\.sh$", name)
+    assert match, f"{name}: name it ..._<N>frames.sh or ..._<N>kpatches_codec.sh"
+    return {"name": "codec", "budget": int(match[1]) * 1024}
+
+
+def test_the_scripts_users_know_are_there():
+    names = {s.name for s in SCRIPTS}
+    assert {
+        "eval_ov_encoder_large_8frames.sh",
+        "eval_ov_encoder_large_16frames.sh",
+        "eval_ov_encoder_large_2kpatches_codec.sh",
+        "eval_ov_encoder_large_4kpatches_codec.sh",
+        "eval_siglip2_large_patch16_256_8frames.sh",
+        "eval_dinov3_large_8frames.sh",
+        "eval_qwen3vit_8frames.sh",
+    } <= names
+    assert all(os.access(s, os.X_OK) for s in SCRIPTS)
+
+
+def test_scripts_are_shellcheck_clean():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck); the dry runs still ran")
+    result = subprocess.run(
+        ["shellcheck", "-x", *map(str, SCRIPTS), str(SCRIPTS_DIR / "common.sh")],
+        capture_output=True, text=True, cwd=SCRIPTS_DIR,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)
+def test_dry_run_resolves_one_run_per_dataset(script, tmp_path):
+    backbone = next(b for prefix, b in BACKBONES.items() if script.name.startswith(prefix + "_"))
+    setting = expected_setting(script.name)
+    commands = dry_run(script, "probe.recipe.bootstrap=7", DATA_ROOT="/data/videos", CKPT_DIR="/ckpt dir")
+    assert [c[0] for c in commands] == ["ovprobe"] * 3
+    missing = not (CONF_DIR / "backbone" / f"{backbone}.yaml").exists()
+    for command, task in zip(commands, EPOCHS, strict=True):
+        overrides = command[1:]
+        assert f"backbone={backbone}" in overrides and f"task={task}" in overrides
+        assert f"++task.args.root=/data/videos/{task}" in overrides
+        assert "++backbone.args.checkpoint=/ckpt dir" in overrides
+        assert overrides[-1] == "probe.recipe.bootstrap=7"
+        if missing:
+            continue
+        config = compose_config([*overrides, f"results_dir={tmp_path}"])
+        assert config["backbone"]["name"] == backbone
+        assert config["backbone"]["args"]["checkpoint"] == "/ckpt dir"
+        assert config["task"]["name"] == task and config["task"]["args"]["root"] == f"/data/videos/{task}"
+        assert config["probe"]["recipe"]["epochs"] == EPOCHS[task]
+        assert config["probe"]["recipe"]["bootstrap"] == 7
+        assert {k: config["sampling"][k] for k in setting} == setting
+    if missing:
+        pytest.skip(f"command checked; probe/conf/backbone/{backbone}.yaml (and the backbone) is missing")
+
+
+def test_datasets_and_nproc_pick_the_runs_and_the_launcher():
+    script = SCRIPTS_DIR / "eval_ov_encoder_large_2kpatches_codec.sh"
+    commands = dry_run(script, DATASETS="ssv2 kinetics400", NPROC="4")
+    assert commands == [
+        ["torchrun", "--nproc_per_node=4", "-m", "probe.run", "backbone=onevision_large", f"task={task}",
+         "sampling=codec", "sampling.budget=2048"]
+        for task in ("ssv2", "kinetics400")
+    ]
+    assert dry_run(script, DATASETS="diving48", NPROC="1")[0][0] == "ovprobe"
+
+
+def test_without_dry_run_the_script_runs_ovprobe(tmp_path):
+    """The real path: a stand-in `ovprobe` on PATH receives exactly the dry run's arguments."""
+    (tmp_path / "ovprobe").write_text('#!/bin/sh\nprintf "%s|" "$@" >> "$LOG"\necho >> "$LOG"\n')
+    (tmp_path / "ovprobe").chmod(0o755)
+    script = SCRIPTS_DIR / "eval_dinov3_large_8frames.sh"
+    path = f"{tmp_path}:{os.environ['PATH']}"
+    env = script_env(PATH=path, LOG=str(tmp_path / "log"), DATASETS="diving48 ssv2")
+    subprocess.run([str(script), "seed=3"], env=env, check=True)
+    logged = [line.rstrip("|").split("|") for line in (tmp_path / "log").read_text().splitlines()]
+    assert logged == [c[1:] for c in dry_run(script, "seed=3", DATASETS="diving48 ssv2")]

@@ -1,0 +1,191 @@
+"""The report from real run records: a multirun over 4 budgets x 2 samplings x 2 backbones on the
+generated task, then `python -m probe.report`: tables, repeated runs, filters and figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from test_run import small
+
+from probe import figures, report
+from probe.results import apply_filters, paper_tables, repeated_runs, runs_frame, to_latex, to_markdown
+from probe.run import run
+
+BACKBONES = {
+    "onevision_tiny": [],
+    # a second registered backbone, shallow enough for the suite, at the same 64 patches per frame
+    "onevision_small": ["+backbone.args.input_size=112", "+backbone.args.num_hidden_layers=1"],
+}
+FRAMES = (1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Records of the 16 runs, one rerun (a duplicate) and one copy with another result (a conflict)."""
+    tmp = tmp_path_factory.mktemp("multirun")
+    records = []
+    for backbone, extra in BACKBONES.items():
+        for sampling in ("uniform", "codec"):
+            for frames in FRAMES:
+                config = small(tmp, f"backbone={backbone}", *extra, f"sampling={sampling}",
+                               f"sampling.frames_equiv={frames}", "probe.recipe.bootstrap=20")
+                records.append(run(config))
+    rerun = run({**config, "on_existing": "new"})  # same config and features: same numbers
+    results = tmp / "results"
+    copy = results / "elsewhere" / (records[0]["run_id"] + "-copy")
+    shutil.copytree(results / records[0]["run_id"], copy)
+    edited = json.loads((copy / "record.json").read_text())
+    edited["metrics"]["test"]["top1"] += 10.0
+    (copy / "record.json").write_text(json.dumps(edited))
+    return results, [*records, rerun, edited]
+
+
+def test_frame_has_one_row_per_record_with_its_numbers(multirun):
+    results, records = multirun
+    frame = runs_frame([results])
+    assert len(frame) == 18
+    assert set(frame["backbone"]) == {"onevision_tiny (random)", "onevision_small (random)"}
+    by_path = frame.set_index("path")
+    for record in records[:16]:
+        row = by_path.loc[str(results / record["run_id"])]
+        test = record["metrics"]["test"]
+        assert (row["top1"], row["top1_low"], row["top1_high"], row["top5"]) == (
+            test["top1"], test["top1_low"], test["top1_high"], test["top5"]
+        )
+        assert row["budget"] == record["sampling"]["budget"] == 64 * row["frames_equiv"]
+        assert row["tokens"] == record["sampling"]["tokens_per_clip"]
+        assert row["seconds_per_clip"] == pytest.approx(record["timings"]["extract_eval_s"] / 16)
+        assert row["grid_max"] == record["metrics"]["best_test_over_grid"]["top1"]
+
+
+def test_repeated_runs_are_shown_as_duplicates_or_conflicts(multirun):
+    results, records = multirun
+    repeated = repeated_runs(runs_frame([results]))
+    rerun, edited = records[-2:]
+    status = dict(zip(repeated["run_id"], repeated["status"], strict=True))
+    assert status == {
+        rerun["run_id"]: "duplicate",
+        rerun["run_id"].removesuffix("-r2"): "duplicate",
+        edited["run_id"]: "conflict",  # the copy keeps its record's run id: two rows, one id
+    } and len(repeated) == 4
+    assert sorted(repeated[repeated["status"] == "conflict"]["top1"]) == [
+        records[0]["metrics"]["test"]["top1"], edited["metrics"]["test"]["top1"]
+    ]
+
+
+def test_filters_keep_matching_rows_and_name_the_columns(multirun):
+    frame = runs_frame([multirun[0]])
+    codec = apply_filters(frame, ["sampling=codec", "budget=64,128"])
+    assert len(codec) == 4 and set(codec["sampling"]) == {"codec"} and set(codec["budget"]) == {64, 128}
+    assert len(apply_filters(frame, ["backbone!=onevision_tiny (random)"])) == 9  # 8 runs and the rerun
+    with pytest.raises(ValueError, match="columns: run_id"):
+        apply_filters(frame, ["colour=red"])
+
+
+def test_pivots_hold_the_records_values_with_the_best_in_bold(multirun):
+    frame = runs_frame([multirun[0]])
+    frame = frame[~frame["path"].str.contains("elsewhere")]  # without the conflicting copy
+    tables = paper_tables(frame)
+    assert sorted(tables) == sorted([
+        *(f"backbones_tasks_codec_{64 * f}p" for f in FRAMES),
+        *(f"backbones_tasks_uniform_{f}f" for f in FRAMES),
+        "budgets_synthetic_onevision_small__random", "budgets_synthetic_onevision_tiny__random",
+    ])
+    budgets = tables["budgets_synthetic_onevision_small__random"]
+    small_runs = frame[frame["backbone"] == "onevision_small (random)"]
+    for run_row in small_runs.itertuples():
+        assert budgets.values.loc[(run_row.budget, run_row.frames_equiv), run_row.sampling] == run_row.top1
+    markdown, latex = to_markdown(budgets), to_latex(budgets)
+    for sampling in ("uniform", "codec"):
+        best = small_runs[small_runs["sampling"] == sampling]["top1"].max()
+        assert f"**{best:.1f}**" in markdown and f"\\textbf{{{best:.1f}}}" in latex
+    assert latex.count("\\toprule") == 1 and "\\bottomrule" in latex
+
+    wide = tables["backbones_tasks_uniform_1f"]
+    assert list(wide.values.columns) == ["synthetic", "average"]
+    tiny = frame[(frame["backbone"] == "onevision_tiny (random)") & (frame["budget"] == 64)]
+    (uniform_tiny,) = tiny[tiny["sampling"] == "uniform"]["top1"]
+    assert wide.values.loc["onevision_tiny (random)", "synthetic"] == uniform_tiny
+    assert wide.values.loc["onevision_tiny (random)", "average"] == uniform_tiny
+    # the rerun repeats the last config (onevision_small, codec, 256 patches): that cell averages 2 runs
+    cell = tables["backbones_tasks_codec_256p"].counts.loc["onevision_small (random)", "synthetic"]
+    assert cell == 2 and "(n=2)" in to_markdown(tables["backbones_tasks_codec_256p"])
+
+
+def test_report_command_writes_tables_and_figures(multirun, tmp_path):
+    results, records = multirun
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "probe.report", str(results), "--out", str(out), "--where", "task=synthetic"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "**top-1 (%): backbones x tasks, uniform sampling, 1 frame**" in done.stdout
+    assert "conflict" in done.stdout and "duplicate" in done.stdout
+
+    written = pd.read_csv(out / "runs.csv")
+    assert len(written) == 18 and set(written["run_id"]) == {r["run_id"] for r in records}
+    table = pd.read_csv(out / "budgets_synthetic_onevision_tiny__random.csv", index_col=[0, 1])
+    for i, record in enumerate(records[:8]):  # onevision_tiny
+        budget, frames = record["sampling"]["budget"], record["sampling"]["frames_equiv"]
+        expected = record["metrics"]["test"]["top1"] + (5.0 if i == 0 else 0.0)  # averaged with the copy
+        assert table.loc[(budget, frames), record["sampling"]["name"]] == pytest.approx(expected, abs=0.005)
+    assert (out / "budgets_synthetic_onevision_tiny__random.tex").read_text().startswith("% top-1")
+    assert len(pd.read_csv(out / "repeated_runs.csv")) == 4
+
+    for name in ("top1_vs_budget_synthetic", "top1_vs_tokens_synthetic", "top1_vs_time_synthetic"):
+        with Image.open(out / f"{name}.png") as image:
+            assert image.size == (round(figures.COLUMN_WIDTH * figures.DPI),
+                                  round(figures.FIGURE_HEIGHT * figures.DPI))
+            pixels = np.asarray(image.convert("RGB"))
+        colours = {tuple(int(int(c, 16)) for c in (h[1:3], h[3:5], h[5:7]))
+                   for h in map(figures.backbone_colour, ("onevision_tiny", "onevision_small"))}
+        drawn = {tuple(p) for p in pixels.reshape(-1, 3)}
+        assert colours <= drawn, f"{name}: each backbone's colour is drawn"
+        pdf = (out / f"{name}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType, embedded
+
+
+def test_report_draws_the_codec_picture_of_chosen_clips(multirun, fixtures, tmp_path):
+    clip = fixtures / "videos" / "tree.avi"
+    report.write_report([multirun[0]], tmp_path, ["budget=64"], codec_clips=[clip], codec_budget=256)
+    with Image.open(tmp_path / "codec_tree.png") as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.shape[0] > 300 and pixels.std() > 10
+    assert (tmp_path / "top1_vs_budget_synthetic.pdf").exists()
+
+
+def test_report_refuses_empty_or_missing_folders(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="no record.json under"):
+        report.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="no folder"):
+        report.main([str(tmp_path / "missing")])
+    (tmp_path / "half-written").mkdir()
+    (tmp_path / "half-written" / "record.json").write_text('{"config": {}}')
+    with pytest.raises(SystemExit, match="half-written/record.json is not a complete run record"):
+        report.main([str(tmp_path)])
+
+
+def test_overlapping_folders_list_each_record_once(multirun):
+    results = multirun[0]
+    assert len(runs_frame([results, results / "elsewhere"])) == len(runs_frame([results])) == 18
+
+
+def test_frontier_keeps_only_runs_nothing_cheaper_beats():
+    cost = np.array([64, 128, 128, 256, 512])
+    accuracy = np.array([20.0, 30.0, 25.0, 28.0, 40.0])
+    assert figures.pareto_front(cost, accuracy).tolist() == [0, 1, 4]
+
+
+def test_colours_belong_to_backbones():
+    assert figures.backbone_colour("onevision_large (random)") == figures.backbone_colour("onevision_large")
+    assert figures.backbone_colour("siglip2_large_patch16_256") == figures.FAMILY_COLOURS["siglip2"]
+    assert figures.backbone_colour("onevision_tiny") != figures.backbone_colour("onevision_small")
+    assert figures.backbone_colour("some_new_model") == figures.backbone_colour("some_new_model")
