@@ -45,4 +45,7 @@ def create_backbone(name: str, **overrides: Any) -> Backbone:
 
 def _import_families() -> None:
     """Import the family modules so their `@register_backbone` lines run."""
+    import backbones.dinov3  # noqa: F401
     import backbones.onevision  # noqa: F401
+    import backbones.qwen3_vit  # noqa: F401
+    import backbones.siglip2  # noqa: F401

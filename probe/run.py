@@ -238,6 +238,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             "random_weights": random_weights,
             "embed_dim": backbone.embed_dim,
             "native_sparse": backbone.native_sparse,
+            # How a sparse patch set is encoded (natively, or whole frames then gathered): compute differs.
+            "sparse_mode": getattr(backbone, "sparse_mode", "native" if backbone.native_sparse else "dense"),
         },
         "data": {
             "task": task.name,

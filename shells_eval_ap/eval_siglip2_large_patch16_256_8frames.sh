@@ -3,4 +3,4 @@
 # Extra arguments go to every ovprobe run; the environment (DATA_ROOT, CKPT_DIR, NPROC, ...): common.sh.
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-run_eval siglip2_large_patch16_256 sampling=uniform sampling.frames_equiv=8 -- "$@"
+run_eval siglip2_large16_256 sampling=uniform sampling.frames_equiv=8 -- "$@"

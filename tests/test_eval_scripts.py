@@ -20,7 +20,7 @@ CONF_DIR = REPO_ROOT / "probe" / "conf"
 # script name prefix -> registered backbone name
 BACKBONES = {
     "eval_ov_encoder_large": "onevision_large",
-    "eval_siglip2_large_patch16_256": "siglip2_large_patch16_256",
+    "eval_siglip2_large_patch16_256": "siglip2_large16_256",
     "eval_dinov3_large": "dinov3_large",
     "eval_qwen3vit": "qwen3vit_8b",
 }

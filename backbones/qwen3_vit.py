@@ -1,0 +1,88 @@
+"""The vision tower of Qwen3-VL through transformers' `Qwen3VLVisionModel`, frame by frame.
+
+The tower takes `hidden_states` of flattened `temporal_patch_size x patch x patch` groups, ordered by
+2x2 spatial-merge blocks, with each image's `grid_thw`. A frame is fed as Qwen3-VL feeds an image: repeated
+over the temporal patch. `tokens="pre_merge"` probes the last block's patch tokens; `tokens="merged"`
+probes the merger's output, each patch position carrying the token of its merge block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Qwen3VLVisionConfig, Qwen3VLVisionModel
+
+from backbones.frames import Entry, FrameBackbone
+
+TOKENS = ("pre_merge", "merged")
+
+
+class Qwen3VitBackbone(FrameBackbone):
+    """Frozen Qwen3-VL vision tower. Sparse patch sets: whole frames encoded, selected tokens kept."""
+
+    model_class = Qwen3VLVisionModel
+    config_class = Qwen3VLVisionConfig
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+    weight_prefixes = ("model.visual.", "visual.", "")  # a whole Qwen3-VL, or the tower saved alone
+    sizes = {
+        "tiny": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=96,
+                     num_position_embeddings=64, deepstack_visual_indexes=[1]),
+        "2b": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
+                   deepstack_visual_indexes=[5, 11, 17]),
+        "4b": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
+                   deepstack_visual_indexes=[5, 11, 17]),
+        "8b": dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                   deepstack_visual_indexes=[8, 16, 24]),
+    }
+    # Input sizes are multiples of patch x spatial merge (32) and give OneVision's 16 x 16 patch grid
+    # (8 x 8 for the tiny entry): see backbones/frames.py.
+    entries = {
+        "qwen3vit_tiny": Entry("tiny", None, 128),
+        "qwen3vit_2b": Entry("2b", "Qwen/Qwen3-VL-2B-Instruct", 256),
+        "qwen3vit_4b": Entry("4b", "Qwen/Qwen3-VL-4B-Instruct", 256),
+        "qwen3vit_8b": Entry("8b", "Qwen/Qwen3-VL-8B-Instruct", 256),
+    }
+
+    tokens: str = "pre_merge"
+
+    @classmethod
+    def build(cls, name: str, tokens: str = "pre_merge", **kwargs: Any) -> Qwen3VitBackbone:
+        if tokens not in TOKENS:
+            raise ValueError(f"{name}: tokens={tokens!r} is not one of {', '.join(TOKENS)}")
+        backbone = super().build(name, **kwargs)
+        merge = backbone.model.config.spatial_merge_size
+        if backbone.preprocess.size % (backbone.patch_size * merge):
+            raise ValueError(
+                f"{name}: input_size {backbone.preprocess.size} is not a multiple of patch x spatial merge "
+                f"({backbone.patch_size * merge})"
+            )
+        backbone.tokens = tokens
+        if tokens == "merged":
+            backbone.embed_dim = backbone.model.config.out_hidden_size
+            backbone._fingerprint += "-merged"  # other features, other store
+        return backbone
+
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        f, c, h, w = pixels.shape
+        config = self.model.config
+        p, m, tp = self.patch_size, config.spatial_merge_size, config.temporal_patch_size
+        gh, gw = h // p, w // p
+        groups = (
+            pixels[:, :, None]
+            .expand(f, c, tp, h, w)
+            .reshape(f, c, tp, gh // m, m, p, gw // m, m, p)
+            .permute(0, 3, 6, 4, 7, 1, 2, 5, 8)  # frame, merge block (row, col), patch in block, C, T, y, x
+            .reshape(f * gh * gw, c * tp * p * p)
+        )
+        grid_thw = torch.tensor([[1, gh, gw]], device=pixels.device).expand(f, 3)
+        out = self.model(hidden_states=groups, grid_thw=grid_thw)
+        if self.tokens == "merged":
+            merged = out.pooler_output.reshape(f, gh // m, 1, gw // m, 1, -1)
+            return merged.expand(f, gh // m, m, gw // m, m, merged.shape[-1]).reshape(f, gh * gw, -1)
+        blocks = out.last_hidden_state.reshape(f, gh // m, gw // m, m, m, -1)
+        return blocks.permute(0, 1, 3, 2, 4, 5).reshape(f, gh * gw, -1)
+
+
+Qwen3VitBackbone.register_all()
