@@ -57,6 +57,8 @@ class HeadConfig:
     depth: int = 0
     temporal_pos: str = "none"
     temporal_slots: int | None = None
+    norm: str = "layer"
+    positions: str = "none"
 
     def build(self, embed_dim: int, num_classes: int) -> AttentiveProbe:
         return AttentiveProbe(embed_dim, num_classes, **asdict(self))
