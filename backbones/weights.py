@@ -48,8 +48,15 @@ def safetensors_files(folder: Path) -> list[Path]:
         return [single]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = [folder / name for name in sorted(set(weight_map.values()))]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shard_names = set(weight_map.values())
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"{index} is not a safetensors index (a JSON object whose 'weight_map' maps each key to "
+                f"its shard file): {type(err).__name__}: {err}"
+            ) from err
+        shards = [folder / name for name in sorted(shard_names)]
         missing = [str(s) for s in shards if not s.is_file()]
         if missing:
             raise CheckpointError(f"{index} names shards that are missing: {missing}")
@@ -61,17 +68,41 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def load_state_dict(files: Iterable[Path]) -> dict[str, torch.Tensor]:
+    """The tensors of all `files`; a key held by two files is an error naming both."""
     state: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
     for f in files:
         try:
-            state.update(load_file(str(f)))
+            part = load_file(str(f))
         except Exception as err:
-            raise CheckpointError(f"cannot read weights file {f}: {err}") from err
+            raise CheckpointError(
+                f"cannot read weights file {f} ({err}); it may be truncated or not safetensors: "
+                "download it again"
+            ) from err
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise CheckpointError(
+                f"{f} and {origin[twice[0]]} both hold {len(twice)} key(s), e.g. {twice[0]}; "
+                "keep each key in one shard"
+            )
+        state.update(part)
+        origin.update(dict.fromkeys(part, f))
     return state
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer or bool"
+
+
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
-    """Raise one error naming every missing, unexpected and misshaped key."""
+    """Raise one error naming every missing, unexpected, misshaped and mistyped key.
+
+    Any floating-point precision loads into a floating-point parameter (weights are cast to the
+    requested dtype afterwards); an integer tensor where the model holds floats (a quantised or
+    mis-saved checkpoint) is an error, as is the reverse.
+    """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     misshaped = sorted(
@@ -79,20 +110,32 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
         for k, v in expected.items()
         if k in found and found[k].shape != v.shape
     )
+    mistyped = sorted(
+        f"{k}: checkpoint {found[k].dtype} vs model {v.dtype} (expects {_dtype_kind(v.dtype)})"
+        for k, v in expected.items()
+        if k in found and _dtype_kind(found[k].dtype) != _dtype_kind(v.dtype)
+    )
     problems = [
         f"{label} ({len(keys)}): {', '.join(keys)}"
         for label, keys in (
             ("missing keys", missing),
             ("unexpected keys", unexpected),
             ("misshaped", misshaped),
+            ("wrong dtype", mistyped),
         )
         if keys
     ]
+    fixes = [
+        fix
+        for fix, applies in (
+            ("Check that config.json belongs to these weights.", missing or unexpected or misshaped),
+            ("Save the weights unquantised, in the model's dtypes.", mistyped),
+        )
+        if applies
+    ]
     if problems:
         raise CheckpointError(
-            f"checkpoint {source} does not match the model config: "
-            + "; ".join(problems)
-            + ". Check that config.json belongs to these weights."
+            f"checkpoint {source} does not match the model: {'; '.join(problems)}. {' '.join(fixes)}"
         )
 
 

@@ -98,7 +98,9 @@ def accuracy_vs_budget(runs: pd.DataFrame, stem: str | Path, metric: str = "top1
             line, marker = _sampling_style(sampling)
             errors = None
             if metric == "top1":
+                # Averaged intervals need not bracket the averaged point (conflicting repeats): clip.
                 errors = np.stack([points[metric] - points["top1_low"], points["top1_high"] - points[metric]])
+                errors = errors.clip(min=0.0)
             ax.errorbar(points.index * dodge, points[metric], yerr=errors, color=backbone_colour(backbone),
                         linestyle=line, marker=marker, capsize=1.5, elinewidth=0.6,
                         label=_label(backbone, sampling))

@@ -170,12 +170,16 @@ class TokenStandardize(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
             real = x.reshape(-1, x.shape[-1]) if mask is None or bool(mask.all()) else x[mask]
-            # Moments about the running mean: one pass (var_mean over dim 0 is ~6x slower on CPU)
-            # without the cancellation of E[x^2] - E[x]^2 when the channels have large means.
-            centred = real.float() - self.running_mean
-            shift = centred.mean(0)
-            var = ((centred * centred).mean(0) - shift * shift).clamp_min(0.0)
-            mean = self.running_mean + shift
+            # Moments about one of the tokens, in two passes: random-weight encoders give channels whose
+            # mean is thousands of times their spread, where float32 sums of raw values (let alone
+            # E[x^2] - E[x]^2) lose the spread entirely.
+            real = real.float()
+            reference = real[0]
+            offsets = real - reference
+            shift = offsets.mean(0)
+            centred = offsets - shift
+            var = (centred * centred).mean(0)
+            mean = reference + shift
             with torch.no_grad():
                 unbiased = var * len(real) / max(len(real) - 1, 1)
                 self.running_mean.lerp_(mean, self.momentum)

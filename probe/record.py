@@ -32,9 +32,15 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _semantic(obj: Any) -> Any:
+    """`obj` without the non-semantic keys, at any depth (task args carry `cache_dir` and `progress`)."""
+    if isinstance(obj, dict):
+        return {k: _semantic(v) for k, v in obj.items() if k not in NON_SEMANTIC_KEYS}
+    return obj
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
-    return hashlib.sha256(canonical_json(semantic).encode()).hexdigest()[:10]
+    return hashlib.sha256(canonical_json(_semantic(config)).encode()).hexdigest()[:10]
 
 
 def run_id(config: dict[str, Any]) -> str:

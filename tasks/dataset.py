@@ -1,8 +1,10 @@
 """A torch `Dataset` over a task split: decode and sample each clip in DataLoader workers.
 
-A clip whose video cannot be opened or decoded (`VideoDecodeError`) either stops the run
-(`on_bad_clip="error"`) or is skipped (`"skip"`): the item is then a `SkippedClip`, and the collate
-function moves it to `Batch.skipped`, so the main process counts skips even when workers decode.
+A clip whose video cannot be opened or decoded (`VideoDecodeError`, naming the file and what is wrong)
+either stops the run (`on_bad_clip="error"`) or is skipped (`"skip"`): the item is then a
+`SkippedClip`, and the collate function moves it to `Batch.skipped`, so the main process counts skips
+even when workers decode. A video shorter than the frames asked for is not bad: samplers repeat its
+frames (uniform) or spread them over the temporal grid (codec).
 """
 
 from __future__ import annotations

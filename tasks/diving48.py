@@ -34,19 +34,19 @@ class Diving48(Task):
 
     def __init__(self, root: str | Path | None = None, video_dir: str = "rgb", on_bad_record: str = "error"):
         self.root = data_root(root, "diving48")
-        self.video_dir = self.root / video_dir
+        self.video_folder = self.root / video_dir
         super().__init__(_vocab(self.root / "Diving48_vocab.json"), on_bad_record)
 
-    def _read_split(self, split: str) -> Iterable[Clip]:
+    def _read_split(self, split: str) -> Iterable[tuple[str, Clip]]:
         path = self.root / f"Diving48_V2_{split}.json"
         for where, r in json_records(path):
             problem = require(r, ("vid_name", *INT_KEYS))
-            if problem is None and not all(isinstance(r[k], int) for k in INT_KEYS):
-                problem = "label, start_frame and end_frame must be integers"
+            if problem is None and not all(type(r[k]) is int for k in INT_KEYS):
+                problem = f"label, start_frame and end_frame must be integers, got {[r[k] for k in INT_KEYS]}"
             if problem is None and not 0 <= r["start_frame"] < r["end_frame"]:
                 problem = f"empty or negative span [{r['start_frame']}, {r['end_frame']})"
             if problem:
                 self._reject(split, where, problem)
                 continue
-            yield Clip(clip_id=str(r["vid_name"]), path=self.video_dir / f"{r['vid_name']}.mp4",
-                       label=r["label"], start_frame=r["start_frame"], end_frame=r["end_frame"])
+            yield where, Clip(clip_id=str(r["vid_name"]), path=self.video_folder / f"{r['vid_name']}.mp4",
+                              label=r["label"], start_frame=r["start_frame"], end_frame=r["end_frame"])

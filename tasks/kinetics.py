@@ -32,7 +32,7 @@ class Kinetics(Task):
     def __init__(self, variant: int = 400, root: str | Path | None = None,
                  annotation_files: Mapping[str, str] | None = None, on_bad_record: str = "error"):
         self.name = f"kinetics{variant}"
-        self.root = data_root(root, self.name)
+        self.root = self.video_folder = data_root(root, self.name)
         self.annotation_files = {s: f"annotations/{s}.csv" for s in self.splits}
         self.annotation_files.update(annotation_files or {})
         rows = self._rows(self.train_split)
@@ -51,9 +51,9 @@ class Kinetics(Task):
                                       f"expected {','.join(COLUMNS)}")
             return list(enumerate(reader, start=2))  # line numbers, counting the header
 
-    def _read_split(self, split: str) -> Iterable[Clip]:
+    def _read_split(self, split: str) -> Iterable[tuple[str, Clip]]:
         on_disk = {p.name: p for p in (self.root / split).rglob("*.mp4")}  # flat or per-class folders
-        path = self.annotation_files[split]
+        path = self.root / self.annotation_files[split]
         for line, r in self._rows(split):
             where = f"{path} line {line}"
             problem = require({k: v for k, v in r.items() if v}, COLUMNS)
@@ -68,8 +68,8 @@ class Kinetics(Task):
                 self._reject(split, where, problem)
                 continue
             name = clip_name(r["youtube_id"], start, end)
-            yield Clip(clip_id=name[:-4], path=on_disk.get(name, self.root / split / name),
-                       label=self._class_index[r["label"]])
+            yield where, Clip(clip_id=name[:-4], path=on_disk.get(name, self.root / split / name),
+                              label=self._class_index[r["label"]])
 
 
 for _variant in (400, 600, 700):

@@ -38,14 +38,19 @@ class Task(ABC):
     """A labelled video set: its classes, its splits and their clips. Knows its annotation format,
     nothing about models.
 
-    Bad records (missing keys, unknown labels, missing videos) raise `AnnotationError` with
+    Bad records raise `AnnotationError` naming the annotation file and line (or record), with
     `on_bad_record="error"`; with `"skip"` they are dropped, logged and listed in `skipped[split]`.
+    Every format checks its own fields; every task checks that a record's label is a class index, that
+    its clip id is new in the split (the feature store and the run record are keyed by it), that its
+    video lies under `video_folder` (if set; `../` or absolute paths must not reach other data) and
+    exists. A split left without any clip is an error under either policy.
     """
 
     name: str
     splits: tuple[str, ...] = ("train", "test")
     train_split: str = "train"
     eval_split: str = "test"
+    video_folder: Path | None = None
 
     def __init__(self, classes: list[str], on_bad_record: str = "error"):
         self.classes = list(classes)
@@ -62,26 +67,44 @@ class Task(ABC):
         if split not in self.splits:
             raise KeyError(f"task {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}")
         if split not in self._clips:
-            self.skipped[split] = []
-            self._clips[split] = [c for c in self._read_split(split) if self._valid(split, c)]
-            if self.skipped[split]:
-                log.warning("%s/%s: skipped %d bad records, e.g. %s", self.name, split,
-                            len(self.skipped[split]), self.skipped[split][0])
+            self._clips[split] = self._parse(split)
         return list(self._clips[split])
 
-    @abstractmethod
-    def _read_split(self, split: str) -> Iterable[Clip]:
-        """Parse the split's annotation file, calling `_reject` (and moving on) for bad records."""
+    def _parse(self, split: str) -> list[Clip]:
+        self.skipped[split] = []
+        first: dict[str, str] = {}  # clip id -> the record that brought it
+        clips = []
+        for where, clip in self._read_split(split):
+            problem = self._problem(clip, first.get(clip.clip_id))
+            if problem:
+                self._reject(split, f"{where} (clip {clip.clip_id})", problem)
+                continue
+            first[clip.clip_id] = where
+            clips.append(clip)
+        skipped = self.skipped[split]
+        if not clips:
+            example = f"; {len(skipped)} bad records were skipped, e.g. {skipped[0]}" if skipped else ""
+            raise AnnotationError(f"{self.name}/{split}: the annotations hold no usable clip{example}")
+        if skipped:
+            log.warning("%s/%s: skipped %d bad records, e.g. %s", self.name, split, len(skipped), skipped[0])
+        return clips
 
-    def _valid(self, split: str, clip: Clip) -> bool:
+    @abstractmethod
+    def _read_split(self, split: str) -> Iterable[tuple[str, Clip]]:
+        """Parse the split's annotation file into `(where, clip)`, `where` naming the file and line or
+        record; call `_reject` (and move on) for records that give no clip."""
+
+    def _problem(self, clip: Clip, first: str | None) -> str | None:
+        """Why `clip` is not usable (`first`: where its id already appeared), or None."""
         if not 0 <= clip.label < self.num_classes:
-            self._reject(split, f"clip {clip.clip_id}", f"unknown label {clip.label} (classes are "
-                         f"0..{self.num_classes - 1})")
-            return False
+            return f"unknown label {clip.label}: class indices are 0..{self.num_classes - 1}"
+        if first is not None:
+            return f"clip id {clip.clip_id!r} repeats {first}; each clip may appear once per split"
+        if self.video_folder is not None and not _inside(clip.path, self.video_folder):
+            return f"video path {clip.path} leads outside the video folder {self.video_folder}"
         if not clip.path.is_file():
-            self._reject(split, f"clip {clip.clip_id}", f"video {clip.path} not found")
-            return False
-        return True
+            return f"video {clip.path} not found"
+        return None
 
     def _reject(self, split: str, where: str, reason: str) -> None:
         message = f"{self.name}/{split}: {where}: {reason}"
@@ -96,6 +119,12 @@ def require(record: Any, keys: Iterable[str]) -> str | None:
         return f"expected an object, got {type(record).__name__}"
     missing = [k for k in keys if k not in record]
     return f"missing key(s) {', '.join(map(repr, missing))}" if missing else None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, with `.` and `..` resolved by name, lies in `folder`. Symlinks are not followed,
+    so a data folder of links to other storage is still inside."""
+    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(folder))
 
 
 def data_root(root: str | Path | None, subdir: str) -> Path:
@@ -123,7 +152,7 @@ def json_records(path: Path) -> Iterable[tuple[str, Any]]:
     if not isinstance(records, list):
         raise AnnotationError(f"{path} must hold a list of records")
     for i, record in enumerate(records):
-        yield f"{path.name} record {i}", record
+        yield f"{path} record {i}", record
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}

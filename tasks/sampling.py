@@ -8,6 +8,7 @@ Every sampler is built from the same arguments (`num_frames`, `size`, `patch_siz
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,9 @@ from tasks.selection import (
     resolve_budget,
     select_patches,
 )
-from tasks.video import VideoReader, crop_square, open_video, resize_shorter_side
+from tasks.video import VideoDecodeError, VideoReader, crop_square, open_video, resize_shorter_side
+
+log = logging.getLogger(__name__)
 
 
 class Sampler(Protocol):
@@ -91,7 +94,14 @@ def chunk_indices(start: int, stop: int, num_frames: int, offsets: np.ndarray) -
 
 
 def clip_span(clip: Clip, num_frames: int) -> tuple[int, int]:
-    """The clip's `[start, stop)` in decoded frames, clamped to the stream (at least one frame)."""
+    """The clip's `[start, stop)` in decoded frames, clamped to the stream (at least one frame).
+
+    A span running past the end is cut there; one starting past it (annotation and video disagree)
+    becomes the last frame, with a warning, as the original protocol's clamped frame indices do.
+    """
+    if (clip.start_frame or 0) >= num_frames:
+        log.warning("%s: clip %s starts at frame %d but the video has %d frames; sampling its last frame",
+                    clip.path, clip.clip_id, clip.start_frame, num_frames)
     stop = min(clip.end_frame if clip.end_frame is not None else num_frames, num_frames)
     start = min(clip.start_frame or 0, num_frames - 1)
     return start, max(stop, start + 1)
@@ -220,8 +230,15 @@ class CodecSampler(SamplerConfig):
         def resized(frame) -> torch.Tensor:
             return resize_shorter_side(frame.to_ndarray(format="rgb24")[None], self.size)[0]
 
-        maps, pixels = cached_analyse(clip.path, self.codec, clip.start_frame, clip.end_frame, self.cache,
-                                      keep=resized)
+        start, end = clip.start_frame, clip.end_frame
+        if start:  # an annotated span: one starting past the end is the last frame, as in uniform sampling
+            reader = reader or open_video(clip.path, self.backend)
+            if start >= reader.num_frames:
+                start, end = clip_span(clip, reader.num_frames)
+        maps, pixels = cached_analyse(clip.path, self.codec, start, end, self.cache, keep=resized)
+        if len(maps.slots) * self.grid**2 < self.k:  # too short for the budget: a bad clip, not a crash
+            raise VideoDecodeError(clip.path, f"clip {clip.clip_id} has {len(maps.slots)} frames, fewer "
+                                   f"patches than the budget of {self.k}; lower sampling.budget")
         crops = [0.5] if train else crop_positions(self.num_crops)
         selections = []
         for pos in crops:

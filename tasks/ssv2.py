@@ -45,11 +45,11 @@ class SomethingSomethingV2(Task):
                  video_dir: str = "20bn-something-something-v2", on_bad_record: str = "error"):
         self.root = data_root(root, "ssv2")
         self.labels_dir = self.root / labels_dir
-        self.video_dir = self.root / video_dir
+        self.video_folder = self.root / video_dir
         self._index = _class_index(self.labels_dir / "labels.json")
         super().__init__(sorted(self._index, key=self._index.__getitem__), on_bad_record)
 
-    def _read_split(self, split: str) -> Iterable[Clip]:
+    def _read_split(self, split: str) -> Iterable[tuple[str, Clip]]:
         path = self.labels_dir / f"{split}.json"
         for where, r in json_records(path):
             problem = require(r, ("id", "template"))
@@ -58,5 +58,5 @@ class SomethingSomethingV2(Task):
             if problem:
                 self._reject(split, where, problem)
                 continue
-            yield Clip(clip_id=str(r["id"]), path=self.video_dir / f"{r['id']}.webm",
-                       label=self._index[template_class(str(r["template"]))])
+            yield where, Clip(clip_id=str(r["id"]), path=self.video_folder / f"{r['id']}.webm",
+                              label=self._index[template_class(str(r["template"]))])

@@ -170,7 +170,12 @@ def fingerprint(cfg: SyntheticConfig, digits: Path) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def generate(cfg: SyntheticConfig, digits: Path | None = None, cache_dir: str | Path | None = None) -> Path:
+def generate(
+    cfg: SyntheticConfig,
+    digits: Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
     """The folder holding the generated task, generating it first if no finished copy exists."""
     digits = Path(digits) if digits is not None else default_digits()
     if not digits.is_file():
@@ -181,7 +186,7 @@ def generate(cfg: SyntheticConfig, digits: Path | None = None, cache_dir: str | 
         return out
     tmp = base / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_task(cfg, digits, tmp)
+    _write_task(cfg, digits, tmp, progress)
     try:
         os.rename(tmp, out)
     except OSError:  # another process finished first, or a stale unfinished folder is in the way
@@ -193,12 +198,13 @@ def generate(cfg: SyntheticConfig, digits: Path | None = None, cache_dir: str | 
     return out
 
 
-def _write_task(cfg: SyntheticConfig, digits_path: Path, folder: Path) -> None:
+def _write_task(cfg: SyntheticConfig, digits_path: Path, folder: Path, progress: bool) -> None:
     digits = _load_digits(digits_path, cfg.digit_size)
     half = digits.shape[1] // 2
     num_classes = len(cfg.classes)
     (folder / "videos").mkdir(parents=True)
-    with tqdm(total=cfg.num_train + cfg.num_test, desc="generating the synthetic task", unit="clip") as bar:
+    with tqdm(total=cfg.num_train + cfg.num_test, desc="generating the synthetic task", unit="clip",
+              disable=not progress) as bar:
         for split_id, (split, n) in enumerate((("train", cfg.num_train), ("test", cfg.num_test))):
             columns = slice(0, half) if split == "train" else slice(half, None)
             pool = digits[:, columns].reshape(-1, cfg.digit_size, cfg.digit_size)
@@ -218,8 +224,8 @@ def _write_task(cfg: SyntheticConfig, digits_path: Path, folder: Path) -> None:
 
 @register_task(name="synthetic")
 def synthetic(cache_dir: str | Path | None = None, digits: str | Path | None = None,
-              on_bad_record: str = "error", **params: Any) -> ListTask:
+              on_bad_record: str = "error", progress: bool = True, **params: Any) -> ListTask:
     """The generated task (see the module docstring); `params` are `SyntheticConfig` fields."""
-    root = generate(SyntheticConfig(**params), digits, cache_dir)
+    root = generate(SyntheticConfig(**params), digits, cache_dir, progress)
     return ListTask(splits={"train": root / "train.txt", "test": root / "test.txt"},
                     classes=root / "classes.txt", name="synthetic", on_bad_record=on_bad_record)

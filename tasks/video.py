@@ -7,7 +7,11 @@ Rules every reader follows:
 - Indices past the last decoded frame are clamped to it (the clip repeats its last frame); negative
   indices are a caller bug and raise `ValueError`.
 - Only the requested frames are converted to RGB and kept, so memory is bounded by what is asked for.
-- Anything that goes wrong opening or decoding a file raises `VideoDecodeError`, which names the file.
+- Anything that goes wrong opening or decoding a file raises `VideoDecodeError`, which names the file
+  and says what is wrong: missing, empty, not a container FFmpeg reads (a wrong extension alone is
+  fine: the container is found from the content), no video stream (e.g. audio only), no frames.
+  A file cut short decodes up to where it ends, unless what is lost is the container's index (an MP4
+  whose `moov` atom was at the end).
 """
 
 from __future__ import annotations
@@ -34,12 +38,20 @@ class VideoDecodeError(RuntimeError):
         self.reason = reason
 
 
+UNREADABLE = ("FFmpeg finds no video container in it: not a video, or damaged (an MP4 cut short loses "
+              "its index); re-encode or re-download it")
+
+
 class VideoReader(ABC):
     """Random access to the decoded frames of one video file, as uint8 RGB `[T, H, W, 3]`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._num_frames = 0
+        if not self.path.is_file():
+            raise VideoDecodeError(self.path, "no such file")
+        if self.path.stat().st_size == 0:
+            raise VideoDecodeError(self.path, "the file is empty (0 bytes)")
 
     @property
     def num_frames(self) -> int:
@@ -51,8 +63,6 @@ class VideoReader(ABC):
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0 or (idx < 0).any():
             raise ValueError(f"frame indices must be a non-empty list of non-negative ints, got {indices}")
-        if self._num_frames == 0:
-            raise VideoDecodeError(self.path, "the stream has no decodable frames")
         idx = np.minimum(idx, self._num_frames - 1)
         wanted = [int(i) for i in np.unique(idx)]
         try:
@@ -60,7 +70,8 @@ class VideoReader(ABC):
         except VideoDecodeError:
             raise
         except Exception as e:  # decoder libraries raise many types; callers get one that names the file
-            raise VideoDecodeError(self.path, f"{type(e).__name__}: {e}") from e
+            reason = f"decoding failed ({type(e).__name__}: {e}); the file may be damaged: re-encode it"
+            raise VideoDecodeError(self.path, reason) from e
         if decoded_count is not None:
             log.warning("%s: indexed %d frames but only %d decode; clamping to the last decoded frame",
                         self.path, self._num_frames, decoded_count)
@@ -117,8 +128,12 @@ class PyAVReader(VideoReader):
                 packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
         except VideoDecodeError:
             raise
+        except av.InvalidDataError as e:
+            raise VideoDecodeError(self.path, UNREADABLE) from e
         except (av.FFmpegError, OSError) as e:
             raise VideoDecodeError(self.path, f"{type(e).__name__}: {e}") from e
+        if not packets:
+            raise VideoDecodeError(self.path, "the video stream holds no frames")
         self._num_frames = len(packets)
         pts = [p for p, _ in packets]
         # (presentation index, pts) of each keyframe; seeking needs every packet to carry a unique pts
@@ -129,7 +144,8 @@ class PyAVReader(VideoReader):
 
     def _video_stream(self, container: av.container.InputContainer) -> av.VideoStream:
         if not container.streams.video:
-            raise VideoDecodeError(self.path, "the file has no video stream")
+            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            raise VideoDecodeError(self.path, f"the file has no video stream (it holds {', '.join(kinds)})")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = self.num_threads
         return stream
@@ -181,6 +197,8 @@ class DecordReader(VideoReader):
         except (RuntimeError, decord.DECORDError) as e:
             raise VideoDecodeError(self.path, f"decord: {e}") from e
         self._num_frames = len(self._vr)
+        if not self._num_frames:
+            raise VideoDecodeError(self.path, "the video stream holds no frames")
         self._seekable: bool | None = None
 
     def _read(self, wanted: list[int]) -> tuple[dict[int, np.ndarray], int | None]:

@@ -84,3 +84,56 @@ def test_temporal_configuration_errors() -> None:
         probe(tokens, positions)
     with pytest.raises(ValueError, match="needs token positions"):
         probe(tokens)
+
+
+def _moving_blob(direction: int, t: int = 4, size: int = 4, d: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """One clip: every token is `background` except the blob's, which moves one patch a frame along w
+    (`direction` +1 or -1, wrapping); the tokens themselves say nothing about where they are."""
+    g = torch.Generator().manual_seed(0)
+    background, blob = torch.randn(2, d, generator=g)
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(size), torch.arange(size), indexing="ij")
+    positions = torch.stack([tt, hh, ww], -1).reshape(-1, 3)
+    on = (positions[:, 1] == 1) & (positions[:, 2] == (direction * positions[:, 0]) % size)
+    tokens = torch.where(on[:, None], blob, background)
+    # The same multiset of tokens for both directions, listed in a content-only order.
+    order = torch.argsort(on.float(), stable=True)
+    return tokens[order][None], positions[order][None]
+
+
+def test_rope_pooling_tells_motion_directions_apart() -> None:
+    torch.manual_seed(0)
+    right, left = _moving_blob(+1), _moving_blob(-1)
+    torch.testing.assert_close(right[0], left[0])  # identical tokens: only positions differ
+    plain = _probe(64, 4)
+    torch.testing.assert_close(plain(*right), plain(*left))
+    roped = _probe(64, 4, positions="rope", temporal_slots=4)
+    assert not torch.allclose(roped(*right), roped(*left), atol=1e-3)
+    perm = torch.randperm(right[0].shape[1])
+    torch.testing.assert_close(roped(right[0][:, perm], right[1][:, perm]), roped(*right))
+
+
+def test_batch_norm_standardises_channels_over_real_tokens_only() -> None:
+    torch.manual_seed(0)
+    probe = AttentiveProbe(64, 5, norm="batch")
+    tokens, positions = _tokens(b=8)
+    tokens = 50.0 + 0.1 * tokens  # one large shared direction, small differences (random encoders)
+    normed = probe.norm_in(tokens)
+    assert normed.mean(dim=(0, 1)).abs().max() < 1e-3
+    assert normed.std(dim=(0, 1)).sub(1).abs().max() < 1e-2
+    padded = torch.cat([tokens, 1e3 * torch.randn(8, 5, 64)], dim=1)
+    mask = torch.arange(padded.shape[1])[None].expand(8, -1) < tokens.shape[1]
+    torch.testing.assert_close(probe.norm_in(padded, mask)[:, : tokens.shape[1]], normed)
+    # Evaluation uses the running statistics, which the training batches moved towards the data's.
+    probe.eval()
+    assert probe.norm_in.running_mean.mean().item() == pytest.approx(50.0 * (1 - 0.9**2), rel=0.01)
+    torch.testing.assert_close(probe.norm_in(tokens[:1]), probe.norm_in(tokens)[:1])
+
+
+def test_probe_option_errors() -> None:
+    with pytest.raises(ValueError, match="norm 'group' is unknown"):
+        AttentiveProbe(64, 5, norm="group")
+    with pytest.raises(ValueError, match="needs temporal_slots"):
+        AttentiveProbe(64, 5, positions="rope")
+    tokens, _ = _tokens()
+    with pytest.raises(ValueError, match="needs token positions"):
+        AttentiveProbe(64, 5, positions="rope", temporal_slots=4)(tokens)

@@ -191,7 +191,8 @@ def test_kinetics_finds_flat_and_per_class_clips_and_skips_missing_ones(tmp_path
     clips = task.clips("train")
     assert [(c.clip_id, c.label) for c in clips] == [("abc_000014_000024", 1), ("--x_y_000000_000010", 0)]
     assert clips[1].path == tmp_path / "train" / "abseiling" / "--x_y_000000_000010.mp4"
-    assert task.skipped["train"] == [f"kinetics400/train: clip gone_000030_000040: video "
+    assert task.skipped["train"] == [f"kinetics400/train: {tmp_path / 'annotations' / 'train.csv'} line 4 "
+                                     f"(clip gone_000030_000040): video "
                                      f"{tmp_path / 'train' / 'gone_000030_000040.mp4'} not found"]
     assert [c.clip_id for c in task.clips("val")] == ["v1_000005_000015"]
     problems = task.skipped["val"]
@@ -224,7 +225,8 @@ def test_generic_lists_in_csv_and_space_formats(tmp_path: Path, videos: dict[str
                        classes=tmp_path / "classes.txt", on_bad_record="skip")
     assert task.classes == ["cat", "dog", "bird"]
     train = [(c.path.name, c.label) for c in task.clips("train")]
-    assert train == [("a b.mp4", 1), ("c.mp4", 0), ("c.mp4", 0)]
+    assert train == [("a b.mp4", 1), ("c.mp4", 0)]  # line 5 repeats line 3's clip: a bad record
+    assert "train.csv line 5 (clip clips/c.mp4): clip id 'clips/c.mp4' repeats" in task.skipped["train"][0]
     assert [(c.path, c.label) for c in task.clips("test")] == [(tmp_path / "clips" / "a b.mp4", 2),
                                                              (tmp_path / "d.mp4", 0)]
     assert len(task.skipped["test"]) == 2 and "missing.mp4 not found" in task.skipped["test"][0]

@@ -26,7 +26,7 @@ def load_pretrained(cls, folder_or_repo_id: str | Path, dtype: torch.dtype | str
     state = load_state_dict(files)
     with torch.device("meta"):
         model = cls(config)
-    check_state_dict(model.state_dict(), state, str(folder))
+    check_state_dict(model.state_dict(), state, str(files[0] if len(files) == 1 else folder))
     model.load_state_dict(state, assign=True)
     model.checkpoint_files = files
     return model.to(parse_dtype(dtype)).eval()
