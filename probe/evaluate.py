@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from probe import distributed
 from probe.features import Features
 
 
@@ -121,10 +122,20 @@ def predict(
 ) -> torch.Tensor:
     """Logits of every head for every view of `clips`: [P, C, V, K] float32 on the CPU.
 
-    Each batch of stored tokens is read once and shared by all heads.
+    Each batch of stored tokens is read once and shared by all heads. With several processes each
+    predicts every world_size-th clip and all receive all clips, each exactly once (no padding).
     """
-    device = torch.device(device)
+    mine = distributed.shard(len(clips))
+    local = _predict(heads, features, np.asarray(clips)[mine], torch.device(device), batch_size)
+    return distributed.gather_rows(local.transpose(0, 1), mine, len(clips)).transpose(0, 1).contiguous()
+
+
+def _predict(
+    heads: Sequence[nn.Module], features: Features, clips: np.ndarray, device: torch.device, batch_size: int
+) -> torch.Tensor:
     views = features.num_views
+    if not len(clips):
+        return torch.empty(len(heads), 0, views, 0)
     pair_clips, pair_views = np.repeat(clips, views), np.tile(np.arange(views), len(clips))
     outputs: list[list[torch.Tensor]] = [[] for _ in heads]
     for head in heads:

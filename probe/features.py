@@ -4,8 +4,10 @@ A store is a folder named by a fingerprint of everything that determines its con
 weights, task, split, clip list, sampling config, seed, number of views, dtype). Clips are written in
 shards of `shard_size` clips, each shard as three `.npy` files (tokens `[S, V, N, D]`, positions
 `[S, V, N, 3]`, lengths `[S, V]`) plus a sidecar JSON with their sha256, written last as the shard's
-commit mark. A killed extraction resumes shard by shard; `manifest.json` is committed only once every
-shard exists. Readers memory-map the shards and pad every clip to the store's largest token count,
+commit mark. Every file is written atomically (`probe.files`). A killed extraction resumes shard by
+shard; `manifest.json` is committed only once every shard exists. With several processes
+(`probe.distributed`) each extracts every world_size-th missing shard and process 0 commits the
+manifest. Readers memory-map the shards and pad every clip to the store's largest token count,
 returning a mask.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from backbones.base import Backbone
+from probe import distributed
+from probe.files import atomic_write, atomic_write_text
 from tasks.clip import SampledClip
 from tasks.dataset import SkippedClip
 
@@ -289,22 +292,38 @@ def extract_features(
         clips=clips_digest(clips),
     )
     path = Path(root) / key.dirname()
-    path.mkdir(parents=True, exist_ok=True)
-    shard_size = _layout(path, key, shard_size, len(clips))
-    num_shards = -(-len(clips) // shard_size)
-    complete = (path / MANIFEST).is_file()
-    todo = [k for k in range(num_shards) if not _shard_ok(path, k, verify)]
-    if complete and not todo:
-        return FeatureStore(path)
+    # Process 0 checks what exists (and removes what fails); each process extracts its share of the
+    # missing shards; process 0 commits the manifest once every shard is there.
+    shard_size, num_shards, todo, complete = distributed.on_main(
+        lambda: _plan(path, key, shard_size, len(clips), verify)
+    )
     if complete:
-        log.warning("feature store %s: shards %s fail their checksum; recomputing them", path, todo)
-        (path / MANIFEST).unlink()
-    if todo:
+        return FeatureStore(path)
+    mine = todo[distributed.rank() :: distributed.world_size()]
+    if mine:
         _extract_shards(
-            backbone, clips, sample_views, path, key, shard_size, todo, batch_size, num_workers, progress
+            backbone, clips, sample_views, path, key, shard_size, mine, batch_size, num_workers, progress
         )
-    _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone)
+    distributed.barrier()
+    distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
     return FeatureStore(path)
+
+
+def _plan(
+    path: Path, key: StoreKey, shard_size: int, num_clips: int, verify: bool
+) -> tuple[int, int, list[int], bool]:
+    """(shard size, number of shards, shards to compute, whether the store is complete and valid)."""
+    path.mkdir(parents=True, exist_ok=True)
+    shard_size = _layout(path, key, shard_size, num_clips)
+    num_shards = -(-num_clips // shard_size)
+    todo = [k for k in range(num_shards) if not _shard_ok(path, k, verify)]
+    manifest = _read_json(path / MANIFEST)
+    if manifest is not None and not todo:
+        return shard_size, num_shards, todo, True
+    if manifest is not None:
+        log.warning("feature store %s: shards %s fail their checksum; recomputing them", path, todo)
+    (path / MANIFEST).unlink(missing_ok=True)
+    return shard_size, num_shards, todo, False
 
 
 def _layout(path: Path, key: StoreKey, shard_size: int, num_clips: int) -> int:
@@ -321,7 +340,7 @@ def _layout(path: Path, key: StoreKey, shard_size: int, num_clips: int) -> int:
         "shard_size": shard_size,
         "num_clips": num_clips,
     }
-    _atomic_write_text(layout_path, json.dumps(layout, indent=1, default=str))
+    atomic_write_text(layout_path, json.dumps(layout, indent=1, default=str))
     return shard_size
 
 
@@ -343,10 +362,11 @@ def _shard_ok(path: Path, index: int, verify: bool) -> bool:
     A shard that fails loses its sidecar, so it reads as unwritten until it is recomputed.
     """
     sidecar = path / _shard_name(index, "json")
-    if not sidecar.is_file():
+    meta = _read_json(sidecar)
+    if meta is None:
+        sidecar.unlink(missing_ok=True)
         return False
-    files = json.loads(sidecar.read_text())["files"]
-    for entry in files.values():
+    for entry in meta["files"].values():
         f = path / entry["name"]
         if (
             not f.is_file()
@@ -365,21 +385,21 @@ def _load_shard_arrays(path: Path, index: int, mmap: bool) -> dict[str, np.ndarr
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _read_json(path: Path) -> Any | None:
+    """The parsed file, or None if it is absent or unreadable (a file that does not parse is not trusted)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _kept(path: Path) -> str:
+    return f"Finished feature shards in {path} are kept; the next run computes only the missing ones."
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    entry = {"name": path.name, "bytes": tmp.stat().st_size, "sha256": _sha256(tmp)}
-    os.replace(tmp, path)
-    return entry
+    atomic_write(path, lambda f: np.save(f, array), _kept(path.parent), array.nbytes)
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 class _ClipViews(Dataset):
@@ -500,7 +520,7 @@ class _ShardWriter:
             "skipped": self.skipped,
             "files": files,
         }
-        _atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar))
+        atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar), _kept(self.path))
 
 
 def _extract_shards(
@@ -526,12 +546,14 @@ def _extract_shards(
     codec = _codec(key.dtype)
     backbone.eval()
     writer: _ShardWriter | None = None
+    world = distributed.world_size()  # with several processes, process 0 shows its own share
+    desc = f"features {key.backbone} {key.task}/{key.split}"
     bar = tqdm(
-        total=len(clips),
-        initial=len(clips) - len(order),
-        desc=f"features {key.backbone} {key.task}/{key.split}",
+        total=len(clips) if world == 1 else len(order),
+        initial=len(clips) - len(order) if world == 1 else 0,
+        desc=desc if world == 1 else f"{desc} (process 0 of {world})",
         unit="clip",
-        disable=not progress,
+        disable=not progress or not distributed.is_main(),
     )
     with bar:
         for index, views in loader:
@@ -549,6 +571,12 @@ def _extract_shards(
 def _commit_manifest(
     path: Path, key: StoreKey, shard_size: int, num_clips: int, num_shards: int, backbone: Backbone
 ) -> None:
+    missing = [k for k in range(num_shards) if not _shard_ok(path, k, verify=False)]
+    if missing:
+        raise RuntimeError(
+            f"feature store {path}: shards {missing} are missing after extraction; with several "
+            "processes every one must write to the same cache_dir (a folder all nodes share)"
+        )
     shards = [json.loads((path / _shard_name(k, "json")).read_text()) for k in range(num_shards)]
     manifest = {
         "fingerprint": key.fingerprint(),
@@ -562,4 +590,4 @@ def _commit_manifest(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "shards": shards,
     }
-    _atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1, default=str))
+    atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1, default=str), _kept(path))

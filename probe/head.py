@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probe import distributed
+
 CLASSIFIER_INIT_SCALE = 1e-3
 
 
@@ -158,7 +160,8 @@ class TokenStandardize(nn.Module):
     """Per-channel standardisation over the real tokens of a batch, with running statistics for eval.
 
     BatchNorm1d without affine parameters, except that padding (`mask` False) never enters the
-    statistics.
+    statistics. Under data parallelism (`probe.distributed`) they are the statistics of the global
+    batch (`_global_moments`).
     """
 
     def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
@@ -174,19 +177,39 @@ class TokenStandardize(nn.Module):
             # mean is thousands of times their spread, where float32 sums of raw values (let alone
             # E[x^2] - E[x]^2) lose the spread entirely.
             real = real.float()
-            reference = real[0]
-            offsets = real - reference
-            shift = offsets.mean(0)
-            centred = offsets - shift
-            var = (centred * centred).mean(0)
-            mean = reference + shift
+            if distributed.world_size() > 1:
+                mean, var, count = _global_moments(real)
+            else:
+                reference = real[0]
+                offsets = real - reference
+                shift = offsets.mean(0)
+                centred = offsets - shift
+                var = (centred * centred).mean(0)
+                mean = reference + shift
+                count = len(real)
             with torch.no_grad():
-                unbiased = var * len(real) / max(len(real) - 1, 1)
+                unbiased = var * count / max(count - 1, 1)
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(unbiased, self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         return ((x.float() - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
+def _global_moments(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean, variance, count) of the real tokens of every process's batch, in two passes as above:
+    each process's mean about one of its tokens, combined by token counts (a few terms: no
+    cancellation), then the summed squared deviations from that common mean. A process may hold no
+    tokens (a last batch smaller than the process count); it still takes part. Tokens are stored
+    features: no gradient flows through the other processes' statistics."""
+    n = len(real)
+    local = real[0] + (real - real[0]).mean(0) if n else real.new_zeros(real.shape[-1])
+    totals = distributed.all_reduce_sum(torch.cat([real.new_full((1,), n), n * local]))
+    count = int(totals[0].item())
+    mean = totals[1:] / count
+    centred = real - mean
+    var = distributed.all_reduce_sum((centred * centred).sum(0)) / count
+    return mean, var, count
 
 
 class SinusoidalTime(nn.Module):

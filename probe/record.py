@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from probe.files import disk_full_names, fsync_dir, write_synced
+
+log = logging.getLogger(__name__)
 
 RECORD_FILE = "record.json"
 # Config keys that do not change a run's result: they never enter its identity.
@@ -93,10 +99,11 @@ def claim_run(results_dir: str | Path, config: dict[str, Any], on_existing: str)
     results_dir = Path(results_dir)
     base = run_id(config)
     path = results_dir / base
-    if not (path / RECORD_FILE).is_file():
+    existing = read_record(path)
+    if existing is None:
         return RunSlot(base, path)
     if on_existing == "reuse":
-        return RunSlot(base, path, existing=json.loads((path / RECORD_FILE).read_text()))
+        return RunSlot(base, path, existing=existing)
     if on_existing == "refuse":
         raise RunExistsError(
             f"{path} already holds a run with this configuration; pass on_existing=reuse to print it, "
@@ -108,40 +115,67 @@ def claim_run(results_dir: str | Path, config: dict[str, Any], on_existing: str)
     return RunSlot(f"{base}-r{n}", results_dir / f"{base}-r{n}")
 
 
-def check_writable(results_dir: str | Path) -> None:
-    """Fail before any work if the results folder cannot take a record."""
-    results_dir = Path(results_dir)
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The finished run's record in `folder`, or None; a record that does not parse is not trusted."""
+    path = folder / RECORD_FILE
+    if not path.is_file():
+        return None
     try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        probe_file = results_dir / f".write-test-{os.getpid()}"
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s is unreadable (%s); the run is done again in its place", path, err)
+        return None
+
+
+def check_writable(folder: str | Path, what: str = "results folder", setting: str = "results_dir") -> None:
+    """Fail before any work if `folder` cannot be written or is (nearly) full."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe_file = folder / f".write-test-{socket.gethostname()}-{os.getpid()}"
         probe_file.write_text("ok")
         probe_file.unlink()
     except OSError as err:
         raise ResultsDirError(
-            f"results folder {results_dir} is not writable ({err.strerror}); "
-            "set results_dir= to a writable folder"
+            f"{what} {folder} is not writable ({err.strerror}); set {setting}= to a writable folder"
         ) from err
-    free = shutil.disk_usage(results_dir).free
+    free = shutil.disk_usage(folder).free
     if free < 16 * 2**20:
         raise ResultsDirError(
-            f"results folder {results_dir} has only {free // 2**20} MiB free; free some space first"
+            f"{what} {folder} has only {free // 2**20} MiB free; free some space or set {setting}= elsewhere"
         )
 
 
 def write_record(
-    slot: RunSlot, record: dict[str, Any], extra_files: dict[str, str] | None = None
+    slot: RunSlot, record: dict[str, Any], extra_files: dict[str, str] | None = None, kept: str = ""
 ) -> dict[str, Any]:
-    """Write `record.json` (+ extra text files) into a temporary folder, rename it into place, and
-    return the record as written."""
+    """Write the run's folder and return the record as written. `kept` says what survives a full disk.
+
+    The files go to a temporary folder, flushed to disk, which is renamed into place holding
+    `record.json.tmp`; renaming that to `record.json` commits the run. A kill at any point leaves no
+    `record.json` anywhere but complete, in its final place (readers collect every `record.json`).
+    """
     final = slot.path
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     record = {**record, "run_id": slot.run_id, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
+    pending = RECORD_FILE + ".tmp"
+    files = {**(extra_files or {}), pending: json.dumps(record, indent=2, default=str)}
+    try:
+        for name, text in files.items():
+            data = text.encode()
+            with disk_full_names(final / (RECORD_FILE if name == pending else name), kept, len(data)):
+                write_synced(tmp / name, lambda f, data=data: f.write(data))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(tmp)
     if final.exists():  # a folder without a record: leftovers of a killed run, never a finished one
         shutil.rmtree(final)
     os.replace(tmp, final)
+    os.replace(final / pending, final / RECORD_FILE)
+    fsync_dir(final)
+    fsync_dir(final.parent)
     return record

@@ -2,12 +2,16 @@
 
 One run = backbone x task x sampling x probe (Hydra config groups in `probe/conf/`). Work is done
 once and kept: features live in a store keyed by everything that determines them, probe training
-checkpoints every epoch, and the record is written atomically to `results/<run-id>/`.
+checkpoints every epoch, and the record is written atomically to `results/<run-id>/`. Launched by
+torchrun or srun, the processes share the work (`probe.distributed`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
 from backbones import Backbone, create_backbone, list_backbones
+from probe import distributed
 from probe.features import FeatureStore, extract_features
 from probe.record import RunSlot, check_writable, claim_run, git_commit, versions, write_record
 from probe.results import format_table, record_row
@@ -182,24 +187,32 @@ def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore)
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one configuration end to end and return its record (stored or reused)."""
+    """Run one configuration end to end and return its record (stored or reused).
+
+    Under torchrun or srun every process calls this (see `probe.distributed`): they share the feature
+    extraction and the probe training, and process 0 alone claims the run id and writes the record.
+    """
     started = time.perf_counter()
     check_config(config)
-    check_writable(config["results_dir"])
-    slot: RunSlot = claim_run(config["results_dir"], config, config["on_existing"])
+    device = distributed.init(resolve_device(config["device"]))
+    distributed.on_main(lambda: check_writable(config["results_dir"]))
+    check_writable(Path(config["cache_dir"]).expanduser(), "cache folder", "cache_dir")  # every node's view
+    slot: RunSlot = distributed.on_main(
+        lambda: claim_run(config["results_dir"], config, config["on_existing"])
+    )
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)
         return slot.existing
-    device = resolve_device(config["device"])
 
     backbone = create_backbone(config["backbone"]["name"], **config["backbone"]["args"]).to(device)
     random_weights = backbone.fingerprint().startswith("random-")
-    if random_weights:
+    if random_weights and distributed.is_main():
         log.warning(
             "%s has RANDOM weights: numbers measure the pipeline, not a pretrained model", backbone.name
         )
     sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
-    task = create_task(config["task"]["name"], **config["task"]["args"])
+    with distributed.main_first():  # a generated task is generated once
+        task = create_task(config["task"]["name"], **config["task"]["args"])
     budget, _ = patch_budget(config["sampling"], backbone)
 
     timings: dict[str, float] = {}
@@ -262,11 +275,17 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
         "metrics": result.to_dict(),
         "timings": timings,
+        "processes": {"world_size": distributed.world_size(), "backend": distributed.backend()},
     }
-    record = write_record(slot, record)
-    checkpoint.unlink(missing_ok=True)
-    log.info("run record written to %s", slot.path)
-    return record
+    kept = f"The trained probes are kept in {checkpoint}: the next run evaluates them and writes the record."
+
+    def finish() -> dict[str, Any]:
+        written = write_record(slot, record, kept=kept)
+        checkpoint.unlink(missing_ok=True)
+        log.info("run record written to %s", slot.path)
+        return written
+
+    return distributed.on_main(finish)
 
 
 class PrintSummary(Callback):
@@ -280,7 +299,7 @@ class PrintSummary(Callback):
             self.rows.append(record_row(job_return.return_value))
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
-        if self.rows:
+        if self.rows and distributed.launch_from_env().rank == 0:
             print("\n" + format_table(self.rows))
 
     on_multirun_end = on_run_end
@@ -290,6 +309,7 @@ class PrintSummary(Callback):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from backbones.registry import UnknownBackboneError
     from backbones.weights import CheckpointError
+    from probe.files import DiskFullError
     from probe.record import ResultsDirError, RunExistsError
     from tasks import AnnotationError, VideoDecodeError
 
@@ -301,15 +321,30 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RunExistsError,
         AnnotationError,
         VideoDecodeError,
+        DiskFullError,
     )
+
+
+def _quiet_secondary_process(rank: int) -> None:
+    """Processes other than 0 keep Hydra's files in a scratch folder of their own (one per user and
+    rank, reused, so killed jobs leave nothing behind), never in results_dir, and leave announcing the
+    jobs to process 0."""
+    scratch = Path(tempfile.gettempdir()) / f"ovprobe-hydra-{os.getuid()}-rank{rank}"
+    sys.argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra/hydra_logging=disabled"]
 
 
 def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
+    rank = distributed.launch_from_env().rank
+    if rank > 0:
+        _quiet_secondary_process(rank)
+
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> dict[str, Any]:
+        if rank > 0:  # process 0 tells the story; the others only warn
+            logging.getLogger().setLevel(logging.WARNING)
         config = OmegaConf.to_container(cfg, resolve=True)
         try:
             record = run(config)

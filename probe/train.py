@@ -9,6 +9,13 @@ grid, which is selected on the test set and therefore optimistic.
 Validation clips are scored on all their stored views, averaged like the test views.
 Data order and the training view of each clip derive from (seed, epoch), so an epoch-end checkpoint
 (`checkpoint=`) resumes to the same final numbers as an uninterrupted run.
+
+Data-parallel over several processes (`probe.distributed`): every process draws the same global
+batches and takes a contiguous slice of each; the loss is the slice's summed loss over the global
+batch size, so the summed gradient (one all-reduce of all probes' gradients per step) is the
+single-process gradient of the whole batch, and every process takes the same optimiser step.
+Validation and test clips are split between the processes and gathered, so every process selects
+the same (probe, epoch). Process 0 writes the checkpoint; all read it on resume.
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import product
@@ -33,6 +40,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from probe import distributed
 from probe.evaluate import (
     Metrics,
     aggregate_views,
@@ -43,6 +51,7 @@ from probe.evaluate import (
     topk_accuracy,
 )
 from probe.features import Features
+from probe.files import atomic_write
 from probe.head import AttentiveProbe
 
 log = logging.getLogger(__name__)
@@ -239,21 +248,27 @@ def train_probe_grid(
     done = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     key = _run_key(train, test, num_classes, head, recipe)
-    if ckpt is not None and ckpt.is_file():
-        saved = _load_checkpoint(ckpt, key, device)
+    saved = _load_checkpoint(ckpt, key, device) if ckpt is not None and ckpt.is_file() else None
+    if saved is not None:
         grid.load_state_dict(saved)
         curves = {n: [EpochStats(**s) for s in c] for n, c in saved["curves"].items()}
         best = Selection(**saved["best"]) if saved["best"] else None
         best_state = {k: v.cpu() for k, v in saved["best_state"].items()}
         done = saved["epoch"]
         log.info("resuming probe training from %s after epoch %d", ckpt, done)
+    resumed = distributed.all_gather_object(done)
+    if len(set(resumed)) > 1:
+        raise RuntimeError(
+            f"the processes resumed {ckpt} at different epochs {resumed}: every process must see the "
+            "same cache_dir (a folder all nodes share)"
+        )
 
     bar = tqdm(
         total=recipe.epochs * steps_per_epoch,
         initial=done * steps_per_epoch,
         desc="probes",
         unit="step",
-        disable=not progress,
+        disable=not progress or not distributed.is_main(),
     )
     with bar, logging_redirect_tqdm():
         for epoch in range(done, recipe.epochs):
@@ -269,9 +284,10 @@ def train_probe_grid(
                 if best is None or (stats.val_top1, -stats.val_loss) > (best.val_top1, -best.val_loss):
                     best = Selection(spec.name, epoch + 1, stats.val_top1, stats.val_loss)
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            _log_epoch(epoch + 1, recipe.epochs, curves, best, time.perf_counter() - t0)
-            if ckpt is not None:
-                _save_checkpoint(ckpt, key, epoch + 1, grid, curves, best, best_state)
+            if distributed.is_main():
+                _log_epoch(epoch + 1, recipe.epochs, curves, best, time.perf_counter() - t0)
+                if ckpt is not None:
+                    _save_checkpoint(ckpt, key, epoch + 1, grid, curves, best, best_state)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, {name: c[-1] for name, c in curves.items()})
 
@@ -315,30 +331,47 @@ def _train_epoch(
     device: torch.device,
     bar: tqdm,
 ) -> list[float]:
-    """One pass over the training clips, one seeded random view per clip; mean loss of each probe."""
+    """One pass over the training clips, one seeded random view per clip; mean loss of each probe.
+
+    Each process trains on its contiguous slice of every global batch (all of it when alone).
+    """
     rng = np.random.default_rng([recipe.seed, 2, epoch])
     order = rng.permutation(train_idx)
     views = rng.integers(train.num_views, size=len(order))
     sums = torch.zeros(len(grid.heads), device=device)
     for head in grid.heads:
         head.train()
+    world, rank = distributed.world_size(), distributed.rank()
     for start in range(0, len(order), recipe.batch_size):
-        sl = slice(start, start + recipe.batch_size)
+        size = min(recipe.batch_size, len(order) - start)
+        sl = slice(start + size * rank // world, start + size * (rank + 1) // world)
         batch = train.batch(order[sl], views[sl]).to(device)
-        for p, (head, optimizer, scheduler) in enumerate(
-            zip(grid.heads, grid.optimizers, grid.schedulers, strict=True)
-        ):
+        for p, (head, optimizer) in enumerate(zip(grid.heads, grid.optimizers, strict=True)):
             with autocast(device):
                 logits = head(batch.tokens, batch.positions, batch.mask)
-            loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float(), batch.labels, label_smoothing=recipe.label_smoothing, reduction="sum"
+            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / size).backward()
+            sums[p] += loss.detach()
+        _sum_gradients(grid.heads)
+        for head, optimizer, scheduler in zip(grid.heads, grid.optimizers, grid.schedulers, strict=True):
             torch.nn.utils.clip_grad_norm_(head.parameters(), recipe.grad_clip)
             optimizer.step()
             scheduler.step()
-            sums[p] += loss.detach() * len(batch.labels)
         bar.update(1)
-    return (sums / len(order)).tolist()
+    return (distributed.all_reduce_sum(sums) / len(order)).tolist()
+
+
+def _sum_gradients(heads: list[AttentiveProbe]) -> None:
+    """Sum every probe's gradients over the processes in one all-reduce (a no-op when alone)."""
+    if distributed.world_size() == 1:
+        return
+    grads = [p.grad for head in heads for p in head.parameters() if p.grad is not None]
+    flat = distributed.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
+    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(part.view_as(g))
 
 
 def _score(
@@ -442,13 +475,26 @@ def _save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    kept = (
+        f"The checkpoint of epoch {epoch - 1} is kept; the next run resumes from it."
+        if epoch > 1
+        else "No earlier epoch is saved: the next run trains the probes from the start (features are kept)."
+    )
+    atomic_write(path, lambda f: torch.save(state, f), kept)
 
 
-def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any]:
-    saved = torch.load(path, map_location=device, weights_only=True)
+def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any] | None:
+    """The saved state, or None (training starts over) if the file is damaged: every member's CRC is
+    checked first, since `torch.load` reads a corrupted tensor without complaint."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise ValueError(f"{bad} fails its CRC check")
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # whatever broke the file, it is not trusted
+        log.warning("checkpoint %s is unreadable (%s); probe training starts over", path, err)
+        return None
     if saved["run_key"] != key:
         raise RuntimeError(
             f"checkpoint {path} was written for other features or settings (run key {saved['run_key']}, "

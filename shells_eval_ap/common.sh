@@ -6,6 +6,7 @@
 #   DATA_ROOT   folder with one folder per dataset, <DATA_ROOT>/<task> (default: $OVPROBE_DATA/<task>)
 #   CKPT_DIR    the backbone's checkpoint folder (config.json + weights; default: the Hugging Face cache)
 #   NPROC       processes per node; above 1 the run is launched with torchrun
+#   NNODES      nodes; above 1 run the script on every node with RDZV_ENDPOINT=<first node>:<port>
 #   BATCH_SIZE  clips per backbone batch during feature extraction (default: the config's)
 #   DRY_RUN=1   print the resolved commands instead of running them
 # Extra arguments are Hydra overrides passed to every run, e.g. `probe.recipe.epochs=5 device=cuda:1`.
@@ -22,8 +23,13 @@ run_eval() {
     done
     if (($#)); then shift; fi # the --
     local launcher=(ovprobe)
-    if ((${NPROC:-1} > 1)); then
-        launcher=(torchrun "--nproc_per_node=$NPROC" -m probe.run)
+    if ((${NPROC:-1} > 1 || ${NNODES:-1} > 1)); then
+        launcher=(torchrun "--nproc_per_node=${NPROC:-1}")
+        if ((${NNODES:-1} > 1)); then
+            launcher+=("--nnodes=$NNODES" --rdzv-backend=c10d
+                "--rdzv-endpoint=${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of the first node}")
+        fi
+        launcher+=(-m probe.run)
     fi
     local dataset
     for dataset in ${DATASETS:-diving48 ssv2 kinetics400}; do

@@ -29,7 +29,7 @@ EPOCHS = {"diving48": 30, "ssv2": 10, "kinetics400": 10}
 
 def script_env(**env: str) -> dict[str, str]:
     """This environment without the variables the scripts read, plus `env`."""
-    unset = ("DATASETS", "DATA_ROOT", "CKPT_DIR", "NPROC", "BATCH_SIZE", "DRY_RUN")
+    unset = ("DATASETS", "DATA_ROOT", "CKPT_DIR", "NPROC", "NNODES", "RDZV_ENDPOINT", "BATCH_SIZE", "DRY_RUN")
     return {**{k: v for k, v in os.environ.items() if k not in unset}, **env}
 
 

@@ -15,7 +15,7 @@ from probe.run import ConfigError, compose_config, run
 from tasks import AnnotationError, VideoDecodeError
 
 
-def small(tmp: Path, *extra: str) -> dict:
+def small_overrides(tmp: Path, *extra: str) -> list[str]:
     """A run of a few seconds: a small synthetic task (unless `extra` picks another), 4 frames, 2 epochs."""
     synthetic = (
         []
@@ -26,25 +26,27 @@ def small(tmp: Path, *extra: str) -> dict:
             "task.args.num_frames=16",
         ]
     )
-    return compose_config(
-        [
-            *synthetic,
-            "sampling=uniform",
-            "sampling.frames_equiv=4",
-            "probe.recipe.epochs=2",
-            "probe.recipe.lrs=[1e-3]",
-            "probe.recipe.wds=[0.0,0.01]",
-            "probe.recipe.val_fraction=0.25",
-            "probe.recipe.bootstrap=50",
-            "extract.train_views=1",
-            "extract.shard_size=8",
-            "num_workers=0",
-            "progress=false",
-            f"results_dir={tmp / 'results'}",
-            f"cache_dir={tmp / 'cache'}",
-            *extra,
-        ]
-    )
+    return [
+        *synthetic,
+        "sampling=uniform",
+        "sampling.frames_equiv=4",
+        "probe.recipe.epochs=2",
+        "probe.recipe.lrs=[1e-3]",
+        "probe.recipe.wds=[0.0,0.01]",
+        "probe.recipe.val_fraction=0.25",
+        "probe.recipe.bootstrap=50",
+        "extract.train_views=1",
+        "extract.shard_size=8",
+        "num_workers=0",
+        "progress=false",
+        f"results_dir={tmp / 'results'}",
+        f"cache_dir={tmp / 'cache'}",
+        *extra,
+    ]
+
+
+def small(tmp: Path, *extra: str) -> dict:
+    return compose_config(small_overrides(tmp, *extra))
 
 
 @pytest.fixture
