@@ -80,7 +80,7 @@ def check_config(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"sampling.name={config['sampling']['name']!r} is not one of: {', '.join(samplers)}"
         )
-    for key in ("on_bad_clip",):
+    for key in ("on_bad_clip", "on_bad_record"):
         if config[key] not in ("skip", "error"):
             raise ConfigError(f"{key}={config[key]!r} is not one of: skip, error")
 
@@ -212,7 +212,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         )
     sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
     with distributed.main_first():  # a generated task is generated once
-        task = create_task(config["task"]["name"], **config["task"]["args"])
+        task = create_task(
+            config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
+        )
     budget, _ = patch_budget(config["sampling"], backbone)
 
     timings: dict[str, float] = {}
@@ -273,6 +275,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             "tokens_per_clip": eval_store.num_tokens,
         },
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
+        # Annotation records dropped under on_bad_record=skip, with the file, line and reason of each.
+        "skipped_records": {
+            "train": task.skipped.get(config["task"]["train_split"], []),
+            "eval": task.skipped.get(config["task"]["eval_split"], []),
+        },
         "metrics": result.to_dict(),
         "timings": timings,
         "processes": {"world_size": distributed.world_size(), "backend": distributed.backend()},

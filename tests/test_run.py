@@ -10,7 +10,7 @@ import pytest
 import probe.features
 import probe.train
 from backbones.onevision.backbone import OneVisionBackbone
-from probe.record import RunExistsError
+from probe.record import RunExistsError, run_id
 from probe.run import ConfigError, compose_config, run
 from tasks import AnnotationError, VideoDecodeError
 
@@ -175,7 +175,9 @@ def test_unreadable_clips_are_skipped_and_listed_or_fatal(tmp_path, encode_calls
     lists = {}
     for split, rows in good.items():
         bad = [(str(tmp_path / "corrupt.mp4"), 0)] + (
-            [(str(tmp_path / "empty.mp4"), 1)] if split == "train" else []
+            [(str(tmp_path / "empty.mp4"), 1), (str(tmp_path / "other.mp4"), 99)]
+            if split == "train"
+            else []
         )
         lists[split] = tmp_path / f"{split}.txt"
         lists[split].write_text("".join(f"{p} {y}\n" for p, y in rows + bad))
@@ -187,7 +189,11 @@ def test_unreadable_clips_are_skipped_and_listed_or_fatal(tmp_path, encode_calls
         f"task.args.splits.test={lists['test']}",
         f"task.args.classes={classes}",
     ]
-    record = run(small(tmp_path, *task, "on_bad_clip=skip"))
+    with pytest.raises(AnnotationError, match=r"train.txt line 35 .*class indices are 0..7"):
+        run(small(tmp_path, *task))  # on_bad_record=error by default
+    record = run(small(tmp_path, *task, "on_bad_clip=skip", "on_bad_record=skip"))
+    assert record["skipped_records"]["eval"] == [] and len(record["skipped_records"]["train"]) == 1
+    assert "train.txt line 35" in record["skipped_records"]["train"][0]
     skipped = record["skipped_clips"]
     assert len(skipped["train"]) == 2 and len(skipped["eval"]) == 1
     assert all(
@@ -197,4 +203,11 @@ def test_unreadable_clips_are_skipped_and_listed_or_fatal(tmp_path, encode_calls
     assert record["metrics"]["num_test"] == 16
 
     with pytest.raises(VideoDecodeError, match="corrupt.mp4.*set on_bad_clip='skip'"):
-        run(small(tmp_path, *task, "on_bad_clip=error", "extract.dtype=bfloat16"))
+        run(small(tmp_path, *task, "on_bad_clip=error", "on_bad_record=skip", "extract.dtype=bfloat16"))
+
+
+def test_where_files_go_and_progress_bars_never_change_a_run_id(tmp_path):
+    base = run_id(small(tmp_path))
+    assert run_id(small(tmp_path / "elsewhere", "progress=true", "num_workers=2")) == base
+    assert run_id(small(tmp_path, "seed=1")) != base
+    assert run_id(small(tmp_path, "task.args.num_test=8")) != base
