@@ -89,6 +89,26 @@ class FeatureBatch:
         return FeatureBatch(*move)
 
 
+@dataclass
+class ExtractStats:
+    """What one process computed in `extract_features` and where its time went (zeros: store reused).
+
+    `wait_s`: waiting for the next clip from the loader (decoding and sampling that the workers did not
+    hide); `encode_s`: inside `backbone.encode` (CUDA synchronised); `write_s`: saving and hashing
+    shards; the rest of `total_s` is batching, host copies and dtype conversion.
+    """
+
+    clips: int = 0  # clips received, skipped ones included
+    skipped: int = 0
+    views: int = 0  # views encoded
+    tokens: int = 0  # tokens encoded
+    bytes_written: int = 0
+    encode_s: float = 0.0
+    wait_s: float = 0.0
+    write_s: float = 0.0
+    total_s: float = 0.0
+
+
 class Features(Protocol):
     """What the trainer needs from stored features: sizes, labels and random access by (clip, view)."""
 
@@ -183,6 +203,7 @@ class FeatureStore:
         self.clip_ids: list[str] = [all_ids[i] for i in self._rows]
         self.labels = self._all_labels[self._rows]
         self._shards: dict[int, ArrayFeatures] = {}
+        self.extraction = ExtractStats()  # filled by `extract_features` when it computed shards
 
     def shard(self, index: int) -> ArrayFeatures:
         if index not in self._shards:
@@ -275,7 +296,8 @@ def extract_features(
     `sample_views(clip)` must return the clip's `views` SampledClips (decoded and sampled with
     `sampling` and `seed`; the store records them, the callable applies them). An existing complete
     store is reused; with `verify` every shard's sha256 is checked first and a failing shard is
-    recomputed. `num_workers` > 0 decodes clips in DataLoader worker processes.
+    recomputed. `num_workers` > 0 decodes clips in DataLoader worker processes. The returned store's
+    `extraction` holds this process's `ExtractStats`.
     """
     _codec(dtype)
     if not clips:
@@ -300,13 +322,17 @@ def extract_features(
     if complete:
         return FeatureStore(path)
     mine = todo[distributed.rank() :: distributed.world_size()]
+    stats = ExtractStats()
     if mine:
         _extract_shards(
-            backbone, clips, sample_views, path, key, shard_size, mine, batch_size, num_workers, progress
+            backbone, clips, sample_views, path, key, shard_size, mine, batch_size, num_workers, progress,
+            stats,
         )
     distributed.barrier()
     distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
-    return FeatureStore(path)
+    store = FeatureStore(path)
+    store.extraction = stats
+    return store
 
 
 def _plan(
@@ -445,9 +471,10 @@ class _ShardWriter:
         views: int,
         codec: Codec,
         batch_size: int,
+        stats: ExtractStats,
     ) -> None:
         self.backbone, self.path, self.index, self.clips = backbone, path, index, clips
-        self.codec, self.batch_size = codec, batch_size
+        self.codec, self.batch_size, self.stats = codec, batch_size, stats
         self.tokens: list[list[Any]] = [[None] * views for _ in clips]
         self.positions: list[list[Any]] = [[None] * views for _ in clips]
         self.pending: list[tuple[int, int, SampledClip]] = []
@@ -457,7 +484,9 @@ class _ShardWriter:
 
     def add(self, slot: int, views: list[SampledClip] | SkippedClip) -> None:
         self.received += 1
+        self.stats.clips += 1
         if isinstance(views, SkippedClip):
+            self.stats.skipped += 1
             self.skipped[views.clip_id] = views.reason
             return
         self.pending.extend((slot, v, sc) for v, sc in enumerate(views))
@@ -479,7 +508,13 @@ class _ShardWriter:
                 chunk = items[i : i + self.batch_size]
                 frames = torch.stack([sc.frames for _, _, sc in chunk]).to(self.device)
                 positions = torch.stack([sc.positions for _, _, sc in chunk]).to(self.device)
+                t0 = time.perf_counter()
                 out = self.backbone.encode(frames, positions)
+                if out.device.type == "cuda":
+                    torch.cuda.synchronize(out.device)
+                self.stats.encode_s += time.perf_counter() - t0
+                self.stats.views += len(chunk)
+                self.stats.tokens += out.shape[0] * out.shape[1]
                 expected = (len(chunk), positions.shape[1], self.backbone.embed_dim)
                 if tuple(out.shape) != expected:
                     raise RuntimeError(
@@ -493,6 +528,7 @@ class _ShardWriter:
     def write(self) -> None:
         """Write the arrays, then the sidecar (with their sha256) that commits the shard."""
         self._encode_pending()
+        t0 = time.perf_counter()
         n = max((t.shape[0] for row in self.tokens for t in row if t is not None), default=0)
         s, v, d = len(self.clips), len(self.tokens[0]), self.backbone.embed_dim
         tokens = np.zeros((s, v, n, d), dtype=self.codec.disk_dtype)
@@ -521,6 +557,8 @@ class _ShardWriter:
             "files": files,
         }
         atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar), _kept(self.path))
+        self.stats.bytes_written += sum(f["bytes"] for f in files.values())
+        self.stats.write_s += time.perf_counter() - t0
 
 
 def _extract_shards(
@@ -534,7 +572,9 @@ def _extract_shards(
     batch_size: int,
     num_workers: int,
     progress: bool,
+    stats: ExtractStats,
 ) -> None:
+    started = time.perf_counter()
     order = [i for k in todo for i in range(k * shard_size, min((k + 1) * shard_size, len(clips)))]
     loader = DataLoader(
         _ClipViews(clips, sample_views, key.views),
@@ -556,16 +596,20 @@ def _extract_shards(
         disable=not progress or not distributed.is_main(),
     )
     with bar:
+        waited = time.perf_counter()
         for index, views in loader:
+            stats.wait_s += time.perf_counter() - waited
             k = index // shard_size
             if writer is None:
                 members = clips[k * shard_size : (k + 1) * shard_size]
-                writer = _ShardWriter(backbone, path, k, members, key.views, codec, batch_size)
+                writer = _ShardWriter(backbone, path, k, members, key.views, codec, batch_size, stats)
             writer.add(index - k * shard_size, views)
             if writer.complete:
                 writer.write()
                 writer = None
             bar.update(1)
+            waited = time.perf_counter()
+    stats.total_s += time.perf_counter() - started
 
 
 def _commit_manifest(

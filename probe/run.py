@@ -224,6 +224,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     eval_store = extract(config, backbone, task, config["task"]["eval_split"], sampler, train=False)
     timings["extract_eval_s"] = time.perf_counter() - t0
+    for split, store in (("train", train_store), ("eval", eval_store)):  # this process's share; 0: reused
+        timings[f"extract_{split}_encode_s"] = store.extraction.encode_s
+        timings[f"extract_{split}_loader_wait_s"] = store.extraction.wait_s
 
     recipe = Recipe(**{**config["probe"]["recipe"], "seed": config["seed"]})
     checkpoint = Path(config["cache_dir"]).expanduser() / "probes" / slot.run_id / "grid.pt"

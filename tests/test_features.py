@@ -125,9 +125,16 @@ def test_store_matches_backbone_and_is_reused(tmp_path: Path) -> None:
     assert batch.mask.all() and batch.labels.tolist() == [CLIPS[c].label for c in clips]
     assert torch.equal(batch.positions[3], _grid(FRAMES, SIDE, SIDE))
 
+    stats = store.extraction
+    assert (stats.clips, stats.skipped, stats.views, stats.tokens) == (10, 0, 20, 20 * 8)
+    assert stats.bytes_written == sum(f["bytes"] for s in manifest["shards"] for f in s["files"].values())
+    assert stats.encode_s > 0 and stats.wait_s > 0 and stats.write_s > 0
+    assert stats.total_s >= stats.encode_s + stats.wait_s + stats.write_s
+
     backbone.encoded = 0
     again = _extract(backbone, tmp_path)
     assert backbone.encoded == 0 and again.path == store.path
+    assert again.extraction.clips == 0 and again.extraction.encode_s == 0  # reused: nothing computed
     assert torch.equal(again.batch(clips, views).tokens, batch.tokens)
 
     other = _extract(backbone, tmp_path, seed=1)  # another key: another store
@@ -146,6 +153,7 @@ def test_killed_extraction_resumes_by_shard(tmp_path: Path) -> None:
     backbone.encoded = 0
     resumed = _extract(backbone, tmp_path / "a", num_workers=2)
     assert backbone.encoded == 2 * 2  # only clips 8 and 9 of the unfinished shard
+    assert (resumed.extraction.clips, resumed.extraction.views) == (2, 4)
     fresh = _extract(CountingBackbone(), tmp_path / "b")
     assert torch.equal(_all_pairs(resumed)[2].tokens, _all_pairs(fresh)[2].tokens)
     assert resumed.manifest["shards"] == fresh.manifest["shards"]  # same bytes, same checksums
