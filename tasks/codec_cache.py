@@ -26,7 +26,7 @@ from tasks.codec import CodecConfig, CodecMaps, analyse
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: streams with B-frames decode without frame threads (vectors were misattributed)
 _NOT_STORED = ("motion", "residual")  # raw maps: large, and not needed to select patches
 
 

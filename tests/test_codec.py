@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+import threading
 from pathlib import Path
 
 import av
@@ -114,6 +117,53 @@ def test_motion_vectors_point_against_the_known_motion(clips, name):
     assert flow @ expected / (np.linalg.norm(flow) * np.linalg.norm(expected)) > 0.95
     if name == "mpeg4":
         assert np.linalg.norm(flow - expected) < 0.5
+
+
+def test_reading_motion_vectors_leaves_the_frame_free(clips):
+    """`frame.side_data` would tie the frame into a reference cycle (it holds the frame's decoder buffer
+    until the garbage collector runs); `motion_vectors` copies the vectors out and keeps no reference."""
+    with av.open(str(clips["mpeg4"])) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        frame = next(f for f in container.decode(stream) if f.pict_type == av.video.frame.PictureType.P)
+        before = sys.getrefcount(frame)
+        mvs = motion_vectors(frame)
+        assert len(mvs) > 0
+        assert sys.getrefcount(frame) == before
+
+
+def test_b_frame_streams_analyse_the_same_every_time(clips):
+    """Frame threading attaches x264 B-frames' vectors to the wrong frames at random; streams that
+    reorder frames decode with slice threads only, so their maps are reproducible."""
+    for name, has_b in (("mpeg4", False), ("mpeg4_b", True), ("h264_b", True)):
+        with av.open(str(clips[name])) as container:
+            assert codec.frame_threads_safe(container.streams.video[0]) != has_b
+    first, _ = analyse(clips["h264_b"])
+    for _ in range(3):
+        again, _ = analyse(clips["h264_b"])
+        np.testing.assert_array_equal(again.motion, first.motion)
+        np.testing.assert_array_equal(again.fused, first.fused)
+
+
+def test_decoding_ahead_keeps_order_stops_with_the_consumer_and_passes_errors_on():
+    assert list(codec._decode_ahead((i for i in range(50)), depth=3)) == list(range(50))
+    produced = []
+
+    def numbers():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    with contextlib.closing(codec._decode_ahead(numbers(), depth=3)) as ahead:
+        assert [next(ahead) for _ in range(5)] == list(range(5))
+    assert len(produced) < 20 and not any(t.name == "codec-decode" for t in threading.enumerate())
+
+    def broken():
+        yield 1
+        raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    with pytest.raises(av.error.InvalidDataError):
+        list(codec._decode_ahead(broken()))
 
 
 def test_rasterise_paints_each_block_on_its_cells():
