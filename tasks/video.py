@@ -210,7 +210,12 @@ class DecordReader(VideoReader):
             return frames, count
         except Exception as e:
             if not self.fallback:
-                raise
+                if isinstance(e, VideoDecodeError):
+                    raise
+                raise VideoDecodeError(
+                    self.path, f"decord failed while decoding ({type(e).__name__}: {e}); the file may be "
+                    "damaged: re-encode it, or read it with PyAV (backend 'pyav' or 'auto')"
+                ) from e
             log.warning("decord failed on %s (%s); decoding with PyAV", self.path, e)
             return PyAVReader(self.path, self.num_threads)._read(wanted)
 

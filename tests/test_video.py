@@ -129,6 +129,19 @@ def test_decord_misreads_narrow_frames_and_auto_redoes_the_read_with_pyav(tmp_pa
     assert got.shape == (2, 32, 48, 3)
 
 
+def test_decord_read_failures_name_the_file_and_the_way_out(fixtures: Path, monkeypatch) -> None:
+    """With decord chosen explicitly (no PyAV fallback) a failing read is still a VideoDecodeError, which
+    on_bad_clip=skip can count, not decord's bare exception."""
+    reader = open_video(fixtures / "videos" / "cup.mp4", "decord")
+
+    def broken(wanted: list[int]) -> None:
+        raise RuntimeError("[decord] Error reading frame: corrupt packet")
+
+    monkeypatch.setattr(reader, "_read_decord", broken)
+    with pytest.raises(VideoDecodeError, match=r"cup.mp4: decord failed while decoding .*corrupt.*'pyav'"):
+        reader.get_frames([0, 3])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_only_the_requested_frames_are_kept_in_memory(fixtures: Path, backend: str) -> None:
     reader = open_video(fixtures / "videos" / "Megamind.avi", backend)  # 720x528: 1.1 MB per frame
