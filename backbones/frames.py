@@ -29,6 +29,7 @@ from backbones.base import Backbone, PreprocessSpec
 from backbones.registry import register_backbone
 from backbones.weights import (
     CheckpointError,
+    check_dtypes,
     files_fingerprint,
     load_state_dict,
     parse_dtype,
@@ -156,6 +157,10 @@ class FrameBackbone(Backbone):
                 f"{', '.join(repr(p) for p in cls.weight_prefixes)})"
             )
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        # transformers checks keys and shapes below, but would cast an integer tensor into a float weight.
+        # It renames keys on load (DINOv3), so parameters are told by name: weights and biases are floats.
+        floats = {k: torch.empty(0) for k in state if k.rsplit(".", 1)[-1] in ("weight", "bias")}
+        check_dtypes(floats, state, str(folder))
         model, info = cls.model_class.from_pretrained(
             None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
         )

@@ -96,6 +96,27 @@ def _dtype_kind(dtype: torch.dtype) -> str:
     return "floating-point" if dtype.is_floating_point else "integer or bool"
 
 
+DTYPE_FIX = "Save the weights unquantised, in the model's dtypes."
+
+
+def _mistyped(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(
+        f"{k}: checkpoint {found[k].dtype} vs model {v.dtype} (expects {_dtype_kind(v.dtype)})"
+        for k, v in expected.items()
+        if k in found and _dtype_kind(found[k].dtype) != _dtype_kind(v.dtype)
+    )
+
+
+def check_dtypes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
+    """The dtype part of `check_state_dict`, for loaders that check keys and shapes themselves."""
+    mistyped = _mistyped(expected, found)
+    if mistyped:
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model: wrong dtype ({len(mistyped)}): "
+            f"{', '.join(mistyped)}. {DTYPE_FIX}"
+        )
+
+
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
     """Raise one error naming every missing, unexpected, misshaped and mistyped key.
 
@@ -110,11 +131,7 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
         for k, v in expected.items()
         if k in found and found[k].shape != v.shape
     )
-    mistyped = sorted(
-        f"{k}: checkpoint {found[k].dtype} vs model {v.dtype} (expects {_dtype_kind(v.dtype)})"
-        for k, v in expected.items()
-        if k in found and _dtype_kind(found[k].dtype) != _dtype_kind(v.dtype)
-    )
+    mistyped = _mistyped(expected, found)
     problems = [
         f"{label} ({len(keys)}): {', '.join(keys)}"
         for label, keys in (
@@ -129,7 +146,7 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
         fix
         for fix, applies in (
             ("Check that config.json belongs to these weights.", missing or unexpected or misshaped),
-            ("Save the weights unquantised, in the model's dtypes.", mistyped),
+            (DTYPE_FIX, mistyped),
         )
         if applies
     ]

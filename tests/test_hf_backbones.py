@@ -3,11 +3,13 @@ and patch sets, and running the whole pipeline at the same patch budget as OneVi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from test_run import small
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
@@ -115,6 +117,21 @@ def test_tower_saved_by_the_library_loads_offline_and_encodes_bit_identically(na
         expected = library_tokens(name, model, pixels)
     assert tokens.shape == (1, expected.shape[0] * expected.shape[1], backbone.embed_dim)
     assert torch.equal(tokens[0], expected.reshape(-1, expected.shape[-1]))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_tower_saved_with_integer_weights_is_refused_by_name(name, tmp_path):
+    family = FAMILIES[name]
+    model = family.model_class(family.config_class(**family.sizes["tiny"]))
+    model.save_pretrained(tmp_path / "tower")
+    weights = tmp_path / "tower" / "model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    key = next(k for k, v in state.items() if k.endswith("weight") and v.dim() == 2)
+    state[key] = state[key].to(torch.int8)  # what a quantised or mis-saved export looks like
+    safetensors.torch.save_file(state, weights)
+    expected = rf"tower.*wrong dtype \(1\): {re.escape(key)}: checkpoint torch.int8"
+    with pytest.raises(CheckpointError, match=expected):
+        create_backbone(name, checkpoint=str(tmp_path / "tower"))
 
 
 def test_qwen3vit_takes_its_tower_out_of_a_whole_qwen3vl_checkpoint(tmp_path):
