@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from backbones.base import Backbone
 from probe import distributed
-from probe.files import atomic_write, atomic_write_text
+from probe.files import atomic_write, atomic_write_text, read_json
 from tasks.clip import SampledClip
 from tasks.dataset import SkippedClip
 
@@ -342,8 +342,8 @@ def _plan(
     path.mkdir(parents=True, exist_ok=True)
     shard_size = _layout(path, key, shard_size, num_clips)
     num_shards = -(-num_clips // shard_size)
-    todo = [k for k in range(num_shards) if not _shard_ok(path, k, verify)]
-    manifest = _read_json(path / MANIFEST)
+    todo = [k for k in range(num_shards) if _valid_sidecar(path, k, verify) is None]
+    manifest = read_json(path / MANIFEST)
     if manifest is not None and not todo:
         return shard_size, num_shards, todo, True
     if manifest is not None:
@@ -382,16 +382,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _shard_ok(path: Path, index: int, verify: bool) -> bool:
-    """A shard counts as written when its sidecar exists and its files match it (by hash, or by size).
+def _valid_sidecar(path: Path, index: int, verify: bool) -> dict[str, Any] | None:
+    """The shard's sidecar if the shard counts as written: the sidecar exists and its files match it
+    (by hash, or by size); else None.
 
     A shard that fails loses its sidecar, so it reads as unwritten until it is recomputed.
     """
     sidecar = path / _shard_name(index, "json")
-    meta = _read_json(sidecar)
+    meta = read_json(sidecar)
     if meta is None:
         sidecar.unlink(missing_ok=True)
-        return False
+        return None
     for entry in meta["files"].values():
         f = path / entry["name"]
         if (
@@ -400,8 +401,8 @@ def _shard_ok(path: Path, index: int, verify: bool) -> bool:
             or (verify and _sha256(f) != entry["sha256"])
         ):
             sidecar.unlink()
-            return False
-    return True
+            return None
+    return meta
 
 
 def _load_shard_arrays(path: Path, index: int, mmap: bool) -> dict[str, np.ndarray]:
@@ -409,14 +410,6 @@ def _load_shard_arrays(path: Path, index: int, mmap: bool) -> dict[str, np.ndarr
         a: np.load(path / _shard_name(index, f"{a}.npy"), mmap_mode="r" if mmap else None)
         for a in SHARD_ARRAYS
     }
-
-
-def _read_json(path: Path) -> Any | None:
-    """The parsed file, or None if it is absent or unreadable (a file that does not parse is not trusted)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _kept(path: Path) -> str:
@@ -615,13 +608,13 @@ def _extract_shards(
 def _commit_manifest(
     path: Path, key: StoreKey, shard_size: int, num_clips: int, num_shards: int, backbone: Backbone
 ) -> None:
-    missing = [k for k in range(num_shards) if not _shard_ok(path, k, verify=False)]
+    shards = [_valid_sidecar(path, k, verify=False) for k in range(num_shards)]
+    missing = [k for k, sidecar in enumerate(shards) if sidecar is None]
     if missing:
         raise RuntimeError(
             f"feature store {path}: shards {missing} are missing after extraction; with several "
             "processes every one must write to the same cache_dir (a folder all nodes share)"
         )
-    shards = [json.loads((path / _shard_name(k, "json")).read_text()) for k in range(num_shards)]
     manifest = {
         "fingerprint": key.fingerprint(),
         **asdict(key),

@@ -9,12 +9,13 @@ space and what earlier work survives.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 class DiskFullError(RuntimeError):
@@ -88,6 +89,14 @@ def atomic_write(
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None if it is absent or unreadable (a file that does not parse is not trusted)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def atomic_write_text(path: Path, text: str, kept: str = "") -> None:

@@ -161,7 +161,7 @@ class TokenStandardize(nn.Module):
 
     BatchNorm1d without affine parameters, except that padding (`mask` False) never enters the
     statistics. Under data parallelism (`probe.distributed`) they are the statistics of the global
-    batch (`_global_moments`).
+    batch (`_moments`).
     """
 
     def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
@@ -173,20 +173,7 @@ class TokenStandardize(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
             real = x.reshape(-1, x.shape[-1]) if mask is None or bool(mask.all()) else x[mask]
-            # Moments about one of the tokens, in two passes: random-weight encoders give channels whose
-            # mean is thousands of times their spread, where float32 sums of raw values (let alone
-            # E[x^2] - E[x]^2) lose the spread entirely.
-            real = real.float()
-            if distributed.world_size() > 1:
-                mean, var, count = _global_moments(real)
-            else:
-                reference = real[0]
-                offsets = real - reference
-                shift = offsets.mean(0)
-                centred = offsets - shift
-                var = (centred * centred).mean(0)
-                mean = reference + shift
-                count = len(real)
+            mean, var, count = _moments(real.float())
             with torch.no_grad():
                 unbiased = var * count / max(count - 1, 1)
                 self.running_mean.lerp_(mean, self.momentum)
@@ -196,17 +183,21 @@ class TokenStandardize(nn.Module):
         return ((x.float() - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
-def _global_moments(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(mean, variance, count) of the real tokens of every process's batch, in two passes as above:
-    each process's mean about one of its tokens, combined by token counts (a few terms: no
-    cancellation), then the summed squared deviations from that common mean. A process may hold no
-    tokens (a last batch smaller than the process count); it still takes part. Tokens are stored
-    features: no gradient flows through the other processes' statistics."""
+def _moments(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean, variance, count) over the real tokens of the batch (of every process's batch under data
+    parallelism), in two passes: random-weight encoders give channels whose mean is thousands of times
+    their spread, where float32 sums of raw values (let alone E[x^2] - E[x]^2) lose the spread. Each
+    process takes its mean about one of its tokens; the means are combined by token counts (a few
+    terms: no cancellation); then the squared deviations from that common mean are summed. A process
+    may hold no tokens (a last batch smaller than the process count); it still takes part. Tokens are
+    stored features: no gradient flows through the statistics."""
     n = len(real)
     local = real[0] + (real - real[0]).mean(0) if n else real.new_zeros(real.shape[-1])
-    totals = distributed.all_reduce_sum(torch.cat([real.new_full((1,), n), n * local]))
-    count = int(totals[0].item())
-    mean = totals[1:] / count
+    if distributed.world_size() > 1:
+        totals = distributed.all_reduce_sum(torch.cat([real.new_full((1,), n), n * local]))
+        count, mean = int(totals[0].item()), totals[1:] / totals[0]
+    else:
+        count, mean = n, local
     centred = real - mean
     var = distributed.all_reduce_sum((centred * centred).sum(0)) / count
     return mean, var, count

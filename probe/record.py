@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from probe.files import disk_full_names, fsync_dir, write_synced
+from probe.files import disk_full_names, fsync_dir, read_json, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,10 @@ def claim_run(results_dir: str | Path, config: dict[str, Any], on_existing: str)
 def read_record(folder: Path) -> dict[str, Any] | None:
     """The finished run's record in `folder`, or None; a record that does not parse is not trusted."""
     path = folder / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        log.warning("%s is unreadable (%s); the run is done again in its place", path, err)
-        return None
+    record = read_json(path)
+    if record is None and path.is_file():
+        log.warning("%s is unreadable; the run is done again in its place", path)
+    return record
 
 
 def check_writable(folder: str | Path, what: str = "results folder", setting: str = "results_dir") -> None:
