@@ -25,6 +25,11 @@ def resolve_checkpoint_dir(folder_or_repo_id: str | Path) -> Path:
     path = Path(folder_or_repo_id).expanduser()
     if path.is_dir():
         return path
+    if path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is a file; pass the folder that holds it with its config.json: "
+            f"backbone.args.checkpoint={path.parent}"
+        )
     repo_id = str(folder_or_repo_id)
     if repo_id.count("/") != 1 or path.exists():
         raise CheckpointError(f"checkpoint folder {path} does not exist")

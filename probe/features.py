@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from backbones.base import Backbone
 from probe import distributed
 from probe.files import atomic_write, atomic_write_text, read_json
 from tasks.clip import SampledClip
 from tasks.dataset import SkippedClip
+from tasks.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def extract_features(
     batch_size: int = 8,
     num_workers: int = 0,
     verify: bool = True,
-    progress: bool = True,
+    progress: Progress = "auto",
 ) -> FeatureStore:
     """Return the store for these clips, computing only what is missing.
 
@@ -564,7 +564,7 @@ def _extract_shards(
     todo: list[int],
     batch_size: int,
     num_workers: int,
-    progress: bool,
+    progress: Progress,
     stats: ExtractStats,
 ) -> None:
     started = time.perf_counter()
@@ -581,12 +581,12 @@ def _extract_shards(
     writer: _ShardWriter | None = None
     world = distributed.world_size()  # with several processes, process 0 shows its own share
     desc = f"features {key.backbone} {key.task}/{key.split}"
-    bar = tqdm(
+    bar = progress_bar(
+        progress if distributed.is_main() else "off",
         total=len(clips) if world == 1 else len(order),
         initial=len(clips) - len(order) if world == 1 else 0,
         desc=desc if world == 1 else f"{desc} (process 0 of {world})",
         unit="clip",
-        disable=not progress or not distributed.is_main(),
     )
     with bar:
         waited = time.perf_counter()

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "record.json"
 # Config keys that do not change a run's result: they never enter its identity.
-NON_SEMANTIC_KEYS = ("on_existing", "results_dir", "cache_dir", "device", "num_workers", "progress")
+NON_SEMANTIC_KEYS = (
+    "on_existing", "results_dir", "cache_dir", "device", "num_workers", "progress", "frame_batch"
+)
 ON_EXISTING = ("reuse", "refuse", "new")
 
 
@@ -45,17 +47,24 @@ def _semantic(obj: Any) -> Any:
     return obj
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(_semantic(config)).encode()).hexdigest()[:10]
+def config_hash(config: dict[str, Any], identity: dict[str, Any] | None = None) -> str:
+    """Hash of the semantic config and, when given, the `identity` of what it ran on (weights, data)."""
+    spec = _semantic(config) if identity is None else {"config": _semantic(config), "identity": identity}
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:10]
 
 
-def run_id(config: dict[str, Any]) -> str:
-    """Readable and unique: `<task>-<backbone>-<sampling>-<hash of the semantic config>`."""
+def run_id(config: dict[str, Any], identity: dict[str, Any] | None = None) -> str:
+    """Readable and unique: `<task>-<backbone>-<sampling>-<hash of the semantic config and identity>`.
+
+    The config names a checkpoint by its path and a data set by its folder; `identity` (the weights
+    fingerprint and the digest of each split's clips and labels) makes new weights saved over old ones,
+    or an edited annotation file, a new run instead of a stale answer.
+    """
     parts = [config["task"]["name"], config["backbone"]["name"], config["sampling"]["name"]]
     budget = config["sampling"].get("budget")
     if budget:
         parts[-1] += f"{budget}"
-    return "-".join(str(p) for p in parts) + "-" + config_hash(config)
+    return "-".join(str(p) for p in parts) + "-" + config_hash(config, identity)
 
 
 def versions() -> dict[str, str]:
@@ -92,12 +101,14 @@ class RunSlot:
     existing: dict[str, Any] | None = None
 
 
-def claim_run(results_dir: str | Path, config: dict[str, Any], on_existing: str) -> RunSlot:
+def claim_run(
+    results_dir: str | Path, config: dict[str, Any], on_existing: str, identity: dict[str, Any] | None = None
+) -> RunSlot:
     """Apply the `on_existing` policy: reuse the stored record, refuse, or take a new numbered id."""
     if on_existing not in ON_EXISTING:
         raise ValueError(f"on_existing={on_existing!r} is not one of {', '.join(ON_EXISTING)}")
     results_dir = Path(results_dir)
-    base = run_id(config)
+    base = run_id(config, identity)
     path = results_dir / base
     existing = read_record(path)
     if existing is None:

@@ -57,7 +57,7 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     val_fraction = config.get("probe", {}).get("recipe", {}).get("val_fraction")
     return {
         "run_id": record.get("run_id"),
-        "config_hash": config_hash(config) if config else None,
+        "config_hash": config_hash(config, record.get("identity")) if config else None,
         "backbone": backbone,
         "task": record["data"]["task"],
         "sampling": sampling["name"],

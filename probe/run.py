@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,9 +26,10 @@ from hydra.experimental.callback import Callback
 
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
-from probe.features import FeatureStore, extract_features
+from probe.features import FeatureStore, clips_digest, extract_features
 from probe.record import RunSlot, check_writable, claim_run, git_commit, versions, write_record
 from probe.results import format_table, record_row
+from probe.schema import ConfigError, check_run_config
 from probe.train import GridResult, HeadConfig, Recipe, train_probe_grid
 from tasks import (
     Clip,
@@ -38,15 +40,12 @@ from tasks import (
     create_sampler,
     create_task,
     list_samplers,
+    list_tasks,
     open_video,
 )
 from tasks.dataset import sample_or_skip
 
 log = logging.getLogger("ovprobe")
-
-
-class ConfigError(ValueError):
-    """A bad configuration, found before any work starts."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,20 +68,11 @@ def compose_config(overrides: list[str] | None = None) -> dict[str, Any]:
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Names and numbers that would otherwise fail deep inside the run."""
-    backbones = list_backbones()
-    if config["backbone"]["name"] not in backbones:
-        raise ConfigError(
-            f"backbone.name={config['backbone']['name']!r} is not one of: {', '.join(backbones)}"
-        )
-    samplers = list_samplers()
-    if config["sampling"]["name"] not in samplers:
-        raise ConfigError(
-            f"sampling.name={config['sampling']['name']!r} is not one of: {', '.join(samplers)}"
-        )
-    for key in ("on_bad_clip", "on_bad_record"):
-        if config[key] not in ("skip", "error"):
-            raise ConfigError(f"{key}={config[key]!r} is not one of: skip, error")
+    """The whole config against `probe.schema` and the registries, before any work."""
+    check_run_config(
+        config,
+        {"backbone.name": list_backbones(), "task.name": list_tasks(), "sampling.name": list_samplers()},
+    )
 
 
 def patch_budget(sampling: dict[str, Any], backbone: Backbone) -> tuple[int, int]:
@@ -178,6 +168,17 @@ def extract(
     )
 
 
+def run_identity(config: dict[str, Any], backbone: Backbone, task: Task) -> dict[str, str]:
+    """What a run ran on beyond its config: the weights' fingerprint and each split's clips and labels."""
+    return {
+        "weights": backbone.fingerprint(),
+        **{
+            f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]))
+            for role in ("train", "eval")
+        },
+    }
+
+
 def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore) -> HeadConfig:
     head = dict(config["probe"]["head"])
     if head.get("temporal_pos", "auto") == "auto":
@@ -186,8 +187,9 @@ def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore)
     return HeadConfig(**head, temporal_slots=backbone.temporal_slots or store.temporal_extent)
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one configuration end to end and return its record (stored or reused).
+def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str, Any]:
+    """Run one configuration end to end and return its record (stored or reused); `log_file` (where
+    this run's log goes) is named in the record.
 
     Under torchrun or srun every process calls this (see `probe.distributed`): they share the feature
     extraction and the probe training, and process 0 alone claims the run id and writes the record.
@@ -197,24 +199,25 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     device = distributed.init(resolve_device(config["device"]))
     distributed.on_main(lambda: check_writable(config["results_dir"]))
     check_writable(Path(config["cache_dir"]).expanduser(), "cache folder", "cache_dir")  # every node's view
+    with distributed.main_first():  # a generated task is generated once; a missing data root fails here
+        task = create_task(
+            config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
+        )
+    backbone = create_backbone(config["backbone"]["name"], **config["backbone"]["args"]).to(device)
+    identity = run_identity(config, backbone, task)
     slot: RunSlot = distributed.on_main(
-        lambda: claim_run(config["results_dir"], config, config["on_existing"])
+        lambda: claim_run(config["results_dir"], config, config["on_existing"], identity)
     )
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)
         return slot.existing
 
-    backbone = create_backbone(config["backbone"]["name"], **config["backbone"]["args"]).to(device)
     random_weights = backbone.fingerprint().startswith("random-")
     if random_weights and distributed.is_main():
         log.warning(
             "%s has RANDOM weights: numbers measure the pipeline, not a pretrained model", backbone.name
         )
     sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
-    with distributed.main_first():  # a generated task is generated once
-        task = create_task(
-            config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
-        )
     budget, _ = patch_budget(config["sampling"], backbone)
 
     timings: dict[str, float] = {}
@@ -248,6 +251,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     record = {
         "config": config,
+        "identity": identity,
         "versions": versions(),
         "git_commit": git_commit(),
         "backbone": {
@@ -285,6 +289,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         },
         "metrics": result.to_dict(),
         "timings": timings,
+        "log_file": None if log_file is None else str(log_file),
         "processes": {"world_size": distributed.world_size(), "backend": distributed.backend()},
     }
     kept = f"The trained probes are kept in {checkpoint}: the next run evaluates them and writes the record."
@@ -298,21 +303,59 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     return distributed.on_main(finish)
 
 
+# `ovprobe` with no arguments: the embedded default, a comparison of samplers on the generated task.
+EMBEDDED_DEFAULT = ("--multirun", "sampling=uniform,codec")
+
+
 class PrintSummary(Callback):
-    """Hydra callback: print one table of the runs of an invocation (a sweep or a single run)."""
+    """Hydra callback: print one table of the runs of an invocation (a sweep or a single run), and the
+    runs of a sweep that failed, each with its one-line reason."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
+        self.failed: list[tuple[list[str], str]] = []  # (the job's overrides, why it failed)
+        self.overrides: list[list[str]] = []  # every job's, to name a failed job by what varies
 
     def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.COMPLETED:
-            self.rows.append(record_row(job_return.return_value))
+        self.overrides.append(list(job_return.overrides or []))
+        if job_return.status != JobStatus.COMPLETED:
+            return
+        value = job_return.return_value
+        if isinstance(value, JobFailure):
+            self.failed.append((self.overrides[-1], value.reason))
+        else:
+            self.rows.append(record_row(value))
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
-        if self.rows and distributed.launch_from_env().rank == 0:
+        if distributed.launch_from_env().rank != 0:
+            return
+        if self.rows:
             print("\n" + format_table(self.rows))
+        if self.failed:
+            shared = set.intersection(*(set(o) for o in self.overrides))
+            lines = [f"{' '.join(o for o in job if o not in shared)}: {why}" for job, why in self.failed]
+            print(f"\n{len(lines)} run(s) failed:\n" + "\n".join(f"  {line}" for line in lines))
+            FAILED.extend(lines)
 
-    on_multirun_end = on_run_end
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self.on_run_end(config)
+        _remove_if_empty(Path(config.hydra.sweep.dir), keep={"multirun.yaml"})
+
+
+@dataclass
+class JobFailure:
+    """A sweep's job that stopped on a user error: the sweep goes on and lists it at the end."""
+
+    reason: str
+
+
+FAILED: list[str] = []  # the invocation's failed sweep jobs, for the exit status
+
+
+def _remove_if_empty(folder: Path, keep: set[str]) -> None:
+    """Drop a log folder that holds nothing but Hydra's own bookkeeping (`keep`, `.hydra`)."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= keep | {".hydra"}:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # Errors that mean "fix your input": reported as one clear line instead of a traceback.
@@ -344,26 +387,42 @@ def _quiet_secondary_process(rank: int) -> None:
 
 
 def main() -> None:
+    """`ovprobe [overrides]`: one run; `ovprobe -m ...`: a sweep; no arguments: the embedded default."""
     import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf
 
-    rank = distributed.launch_from_env().rank
-    if rank > 0:
-        _quiet_secondary_process(rank)
+    launch = distributed.launch_from_env()
+    if len(sys.argv) == 1:
+        sys.argv += EMBEDDED_DEFAULT
+    if launch.rank > 0:
+        _quiet_secondary_process(launch.rank)
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-    def app(cfg: DictConfig) -> dict[str, Any]:
-        if rank > 0:  # process 0 tells the story; the others only warn
+    def app(cfg: DictConfig) -> dict[str, Any] | JobFailure:
+        if launch.rank > 0:  # process 0 tells the story; the others only warn
             logging.getLogger().setLevel(logging.WARNING)
+        hydra_cfg = HydraConfig.get()
+        job_dir = Path(hydra_cfg.runtime.output_dir)
         config = OmegaConf.to_container(cfg, resolve=True)
         try:
-            record = run(config)
+            record = run(config, log_file=job_dir / f"{hydra_cfg.job.name}.log")
         except _user_errors() as err:
+            if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; the summary lists this job
+                log.error("ovprobe: %s", err)
+                return JobFailure(str(err))
             raise SystemExit(f"ovprobe: {err}") from err
+        if record.get("log_file") != str(job_dir / f"{hydra_cfg.job.name}.log"):  # reused: no new log
+            _remove_if_empty(job_dir, keep={f"{hydra_cfg.job.name}.log"})
         return record
 
     app()
+    if FAILED:
+        raise SystemExit(1)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m probe.run`: run the module Hydra's callback imports, not a copy
+    import probe.run
+
+    probe.run.main()

@@ -53,6 +53,7 @@ from probe.evaluate import (
 from probe.features import Features
 from probe.files import atomic_write
 from probe.head import AttentiveProbe
+from tasks.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def train_probe_grid(
     checkpoint: str | Path | None = None,
     device: torch.device | str = "cpu",
     on_epoch_end: Callable[[int, dict[str, EpochStats]], None] | None = None,
-    progress: bool = True,
+    progress: Progress = "auto",
 ) -> GridResult:
     """Train the grid, select on validation, evaluate the selected state on test once.
 
@@ -263,12 +264,12 @@ def train_probe_grid(
             "same cache_dir (a folder all nodes share)"
         )
 
-    bar = tqdm(
+    bar = progress_bar(
+        progress if distributed.is_main() else "off",
         total=recipe.epochs * steps_per_epoch,
         initial=done * steps_per_epoch,
         desc="probes",
         unit="step",
-        disable=not progress or not distributed.is_main(),
     )
     with bar, logging_redirect_tqdm():
         for epoch in range(done, recipe.epochs):

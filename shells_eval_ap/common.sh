@@ -1,10 +1,12 @@
 # shellcheck shell=bash
 # Shared by the eval_*.sh scripts: they source this file and call `run_eval BACKBONE SETTING... -- "$@"`.
+# As in the original suite, the checkpoint folder may come first: `eval_ov_encoder_large_8frames.sh /ckpt`.
 # One `ovprobe` run per dataset; the task config carries the reference recipe's epochs (Diving-48 30,
 # SSv2 and Kinetics 10). Environment:
 #   DATASETS    tasks to evaluate, space separated (default: "diving48 ssv2 kinetics400")
 #   DATA_ROOT   folder with one folder per dataset, <DATA_ROOT>/<task> (default: $OVPROBE_DATA/<task>)
-#   CKPT_DIR    the backbone's checkpoint folder (config.json + weights; default: the Hugging Face cache)
+#   CKPT_DIR    the backbone's checkpoint folder (config.json + weights; default: the Hugging Face cache);
+#               a first argument without `=` is taken as the checkpoint folder instead
 #   NPROC       processes per node; above 1 the run is launched with torchrun
 #   NNODES      nodes; above 1 run the script on every node with RDZV_ENDPOINT=<first node>:<port>
 #   BATCH_SIZE  clips per backbone batch during feature extraction (default: the config's)
@@ -22,6 +24,11 @@ run_eval() {
         shift
     done
     if (($#)); then shift; fi # the --
+    local checkpoint=${CKPT_DIR:-}
+    if (($#)) && [[ $1 != *=* && $1 != -* ]]; then # the original suite's habit: the checkpoint first
+        checkpoint=$1
+        shift
+    fi
     local launcher=(ovprobe)
     if ((${NPROC:-1} > 1 || ${NNODES:-1} > 1)); then
         launcher=(torchrun "--nproc_per_node=${NPROC:-1}")
@@ -35,7 +42,7 @@ run_eval() {
     for dataset in ${DATASETS:-diving48 ssv2 kinetics400}; do
         local cmd=("${launcher[@]}" "backbone=$backbone" "task=$dataset" "${setting[@]}")
         if [[ -n ${DATA_ROOT:-} ]]; then cmd+=("++task.args.root=$DATA_ROOT/$dataset"); fi
-        if [[ -n ${CKPT_DIR:-} ]]; then cmd+=("++backbone.args.checkpoint=$CKPT_DIR"); fi
+        if [[ -n $checkpoint ]]; then cmd+=("backbone.args.checkpoint=$checkpoint"); fi
         if [[ -n ${BATCH_SIZE:-} ]]; then cmd+=("extract.batch_size=$BATCH_SIZE"); fi
         cmd+=("$@")
         if [[ ${DRY_RUN:-0} == 1 ]]; then

@@ -218,6 +218,12 @@ class CodecSampler(SamplerConfig):
         if self.num_clips != 1:
             raise ValueError("the codec sampler scores the whole clip at once; set num_clips=1")
         self.k = resolve_budget(self.grid**2, self.budget, self.frames_equiv)
+        if self.k > self.num_frames * self.grid**2:
+            raise ValueError(
+                f"sampling.budget={self.k} is more than the {self.num_frames * self.grid**2} patches of the "
+                f"dense run ({self.num_frames} frames of {self.grid**2}); lower it or raise "
+                "sampling.args.num_frames"
+            )
         if self.native_sparse:
             check_packed_budget(self.k, self.grid**2)
         self.codec = CodecConfig(num_frames=self.num_frames, camera=self.camera, fusion=self.fusion)

@@ -28,9 +28,9 @@ from typing import Any
 import av
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from tasks.listfile import ListTask, write_list
+from tasks.progress import Progress, progress_bar
 from tasks.registry import register_task
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,8 @@ class SyntheticConfig:
 
 
 def default_digits() -> Path:
-    """`$OVPROBE_FIXTURES/videos/digits.png`, else the shared fixtures next to the repository."""
-    fixtures = os.environ.get("OVPROBE_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures")
-    return Path(fixtures) / "videos" / "digits.png"
+    """The digit sheet shipped with the package (`tasks/assets/digits.png`, provenance in its README)."""
+    return Path(__file__).resolve().parent / "assets" / "digits.png"
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -105,7 +104,7 @@ def _encoder() -> tuple[str, dict[str, str]]:
 def _load_digits(path: Path, size: int) -> np.ndarray:
     """All 5000 digits as alpha masks `[50 rows, 100 cols, size, size]` in [0, 1]."""
     if not path.is_file():
-        raise FileNotFoundError(f"digit images {path} not found; pass digits=... or set OVPROBE_FIXTURES")
+        raise FileNotFoundError(f"digit images {path} not found; pass digits=... (a 20x20-cell digit sheet)")
     sheet = np.asarray(Image.open(path).convert("L"))
     rows, cols = sheet.shape[0] // DIGIT_CELL, sheet.shape[1] // DIGIT_CELL
     cells = sheet.reshape(rows, DIGIT_CELL, cols, DIGIT_CELL).transpose(0, 2, 1, 3)
@@ -177,12 +176,12 @@ def generate(
     cfg: SyntheticConfig,
     digits: Path | None = None,
     cache_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> Path:
     """The folder holding the generated task, generating it first if no finished copy exists."""
     digits = Path(digits) if digits is not None else default_digits()
     if not digits.is_file():
-        raise FileNotFoundError(f"digit images {digits} not found; pass digits=... or set OVPROBE_FIXTURES")
+        raise FileNotFoundError(f"digit images {digits} not found; pass digits=<a 20x20-cell digit sheet>")
     base = cache_root(cache_dir) / "synthetic"
     out = base / fingerprint(cfg, digits)
     if (out / "DONE").is_file():
@@ -201,13 +200,13 @@ def generate(
     return out
 
 
-def _write_task(cfg: SyntheticConfig, digits_path: Path, folder: Path, progress: bool) -> None:
+def _write_task(cfg: SyntheticConfig, digits_path: Path, folder: Path, progress: Progress) -> None:
     digits = _load_digits(digits_path, cfg.digit_size)
     half = digits.shape[1] // 2
     num_classes = len(cfg.classes)
     (folder / "videos").mkdir(parents=True)
-    with tqdm(total=cfg.num_train + cfg.num_test, desc="generating the synthetic task", unit="clip",
-              disable=not progress) as bar:
+    with progress_bar(progress, total=cfg.num_train + cfg.num_test, desc="generating the synthetic task",
+                      unit="clip") as bar:
         for split_id, (split, n) in enumerate((("train", cfg.num_train), ("test", cfg.num_test))):
             columns = slice(0, half) if split == "train" else slice(half, None)
             pool = digits[:, columns].reshape(-1, cfg.digit_size, cfg.digit_size)
@@ -227,7 +226,7 @@ def _write_task(cfg: SyntheticConfig, digits_path: Path, folder: Path, progress:
 
 @register_task(name="synthetic")
 def synthetic(cache_dir: str | Path | None = None, digits: str | Path | None = None,
-              on_bad_record: str = "error", progress: bool = True, **params: Any) -> ListTask:
+              on_bad_record: str = "error", progress: Progress = True, **params: Any) -> ListTask:
     """The generated task (see the module docstring); `params` are `SyntheticConfig` fields."""
     root = generate(SyntheticConfig(**params), digits, cache_dir, progress)
     return ListTask(splits={"train": root / "train.txt", "test": root / "test.txt"},

@@ -286,4 +286,4 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path: Path) -> N
     del record["metrics"]["train_seconds"], reference["metrics"]["train_seconds"]
     assert_close(record["metrics"], reference["metrics"])
     assert _stores(two / "cache") == _stores(tmp_path / "one" / "cache")  # same shards, same sha256
-    assert sorted(p.name for p in (two / "results").iterdir()) == [".hydra", record["run_id"]]
+    assert sorted(p.name for p in (two / "results").iterdir()) == ["logs", record["run_id"]]

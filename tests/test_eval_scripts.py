@@ -61,6 +61,9 @@ def test_the_scripts_users_know_are_there():
         "eval_dinov3_large_8frames.sh",
         "eval_qwen3vit_8frames.sh",
     } <= names
+    settings = ("8frames", "16frames", "2kpatches_codec", "4kpatches_codec")
+    for prefix in BACKBONES:  # every backbone has the four settings
+        assert {f"{prefix}_{s}.sh" for s in settings} <= names
     assert all(os.access(s, os.X_OK) for s in SCRIPTS)
 
 
@@ -85,7 +88,7 @@ def test_dry_run_resolves_one_run_per_dataset(script, tmp_path):
         overrides = command[1:]
         assert f"backbone={backbone}" in overrides and f"task={task}" in overrides
         assert f"++task.args.root=/data/videos/{task}" in overrides
-        assert "++backbone.args.checkpoint=/ckpt dir" in overrides
+        assert "backbone.args.checkpoint=/ckpt dir" in overrides
         assert overrides[-1] == "probe.recipe.bootstrap=7"
         if missing:
             continue
@@ -98,6 +101,14 @@ def test_dry_run_resolves_one_run_per_dataset(script, tmp_path):
         assert {k: config["sampling"][k] for k in setting} == setting
     if missing:
         pytest.skip(f"command checked; probe/conf/backbone/{backbone}.yaml (and the backbone) is missing")
+
+
+def test_the_checkpoint_may_come_first_as_in_the_original_suite():
+    script = SCRIPTS_DIR / "eval_ov_encoder_large_8frames.sh"
+    (command,) = dry_run(script, "/ckpt/ov-large", "seed=3", DATASETS="diving48", CKPT_DIR="/elsewhere")
+    assert command[-2:] == ["backbone.args.checkpoint=/ckpt/ov-large", "seed=3"]
+    (command,) = dry_run(script, "seed=3", DATASETS="diving48")
+    assert not any("checkpoint" in arg for arg in command)
 
 
 def test_datasets_and_nproc_pick_the_runs_and_the_launcher():

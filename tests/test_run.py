@@ -106,7 +106,7 @@ def test_run_writes_a_complete_record_and_reuses_it(tmp_path, encode_calls):
         ),
         (["sampling.name=random"], ConfigError, "sampling.name='random' is not one of: .*uniform"),
         (["sampling.budget=100"], ConfigError, "sampling.budget=100 is not a whole number of frames of 64"),
-        (["on_bad_clip=ignore"], ConfigError, "on_bad_clip='ignore' is not one of: skip, error"),
+        (["on_bad_clip=ignore"], ConfigError, "on_bad_clip='ignore': expected one of: skip, error"),
         (["task=diving48", "task.args.root=/nonexistent/diving48"], AnnotationError, "/nonexistent/diving48"),
     ],
 )

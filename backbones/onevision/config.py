@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backbones.weights import CheckpointError
+
 log = logging.getLogger(__name__)
 
 # Keys of the released config.json that describe the Hugging Face wrapper, not the model.
 _WRAPPER_KEYS = {"model_type", "architectures", "auto_map", "torch_dtype", "dtype", "transformers_version"}
 
 
-class OneVisionConfigError(ValueError):
-    pass
+class OneVisionConfigError(CheckpointError, ValueError):
+    """A OneVision config.json that is missing, unreadable or inconsistent."""
 
 
 @dataclass
