@@ -28,7 +28,7 @@ from probe import distributed
 from probe.features import FeatureStore, extract_features
 from probe.record import RunSlot, check_writable, claim_run, git_commit, versions, write_record
 from probe.results import format_table, record_row
-from probe.train import GridResult, HeadConfig, Recipe, train_probe_grid
+from probe.train import GridResult, HeadConfig, Recipe, split_train_val, train_probe_grid
 from tasks import (
     Clip,
     SampledClip,
@@ -178,6 +178,28 @@ def extract(
     )
 
 
+def check_task(config: dict[str, Any], task: Task) -> None:
+    """What the task's clips would make fail after extraction: checked before any work starts."""
+    splits = (config["task"]["train_split"], config["task"]["eval_split"])
+    clips = {split: task.clips(split) for split in splits}
+    for split in splits:
+        missing = task.missing.get(split, [])
+        if missing and config["on_bad_clip"] == "error":
+            raise ConfigError(
+                f"{task.name}/{split}: {len(missing)} listed videos are missing, e.g. {missing[0]}; "
+                "set on_bad_clip=skip to skip them (listed in the record)"
+            )
+    fraction = config["probe"]["recipe"]["val_fraction"]
+    try:
+        split_train_val(np.array([c.label for c in clips[splits[0]]]), fraction, config["seed"])
+    except ValueError as err:
+        raise ConfigError(
+            f"probe.recipe.val_fraction={fraction} carves no validation clip out of the "
+            f"{len(clips[splits[0]])} {splits[0]} clips (each class gives round(fraction x its clips)); "
+            "raise probe.recipe.val_fraction"
+        ) from err
+
+
 def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore) -> HeadConfig:
     head = dict(config["probe"]["head"])
     if head.get("temporal_pos", "auto") == "auto":
@@ -216,6 +238,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
         )
     budget, _ = patch_budget(config["sampling"], backbone)
+    check_task(config, task)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -268,6 +268,50 @@ def test_kinetics_finds_flat_and_per_class_clips_and_skips_missing_ones(tmp_path
     assert create_task("kinetics700", root=tmp_path).name == "kinetics700"
 
 
+K400_ROWS = {"train": [["abseiling", "a1", "0", "10"], ["riding a bike", "b1", "14", "24"],
+                       ["zumba", "z1", "30", "40"], ["zumba", "gone", "30", "40"]],  # gone: not downloaded
+             "val": [["abseiling", "a2", "5", "15"], ["zumba", "z2", "5", "15"]]}
+
+
+@pytest.mark.parametrize("layout", ["cvdf", "deepmind"])
+def test_kinetics400_loads_each_download_layout(tmp_path: Path, videos: dict[str, Path], layout: str) -> None:
+    """CVDF: annotations/{train,val}.csv, videos in {train,val}/<class>/; DeepMind: train.csv and
+    validate.csv at the top (videos where the user put them: flat train/ and validate/ here)."""
+    video_dirs = {"train": "train", "val": "val" if layout == "cvdf" else "validate"}
+    csv_files = {"cvdf": {"train": "annotations/train.csv", "val": "annotations/val.csv"},
+                 "deepmind": {"train": "train.csv", "val": "validate.csv"}}[layout]
+    for split, rows in K400_ROWS.items():
+        _csv(tmp_path / csv_files[split], [[*r, split, "0"] for r in rows])
+        _place(videos["mp4"], *(
+            tmp_path / video_dirs[split] / (label if layout == "cvdf" else "") / f"{v}_{s:0>6}_{e:0>6}.mp4"
+            for label, v, s, e in rows if v != "gone"))
+    task = create_task("kinetics400", root=tmp_path)  # on_bad_record=error: a missing video is no bad record
+    assert task.classes == ["abseiling", "riding a bike", "zumba"]
+    train = task.clips("train")
+    assert [(c.clip_id, c.label) for c in train] == [("a1_000000_000010", 0), ("b1_000014_000024", 1),
+                                                     ("z1_000030_000040", 2), ("gone_000030_000040", 2)]
+    assert train[0].path.is_file()
+    assert task.missing["train"] == [str(tmp_path / "train" / "gone_000030_000040.mp4")]
+    val = task.clips("val")
+    assert [(c.clip_id, c.label) for c in val] == [("a2_000005_000015", 0), ("z2_000005_000015", 2)]
+    assert all(c.path.is_file() for c in val) and task.missing["val"] == []
+    (view,) = ClipDataset(task, "val", _sampler())[1]
+    assert view.label == 2 and view.frames.shape == (4, 28, 28, 3)
+
+    (tmp_path / csv_files["train"]).unlink()
+    only_val = create_task("kinetics400", root=tmp_path)  # listing validation needs no train.csv
+    assert only_val.class_source == "val" and only_val.classes == ["abseiling", "zumba"]
+    assert [c.clip_id for c in only_val.clips("val")] == ["a2_000005_000015", "z2_000005_000015"]
+    with pytest.raises(AnnotationError, match="kinetics400/train: annotation file .*train.csv not found"):
+        only_val.clips("train")
+
+
+def test_kinetics_without_any_csv_names_both_layouts(tmp_path: Path) -> None:
+    with pytest.raises(AnnotationError, match=r"no annotation CSV .*annotations/\{train,val,test\}.csv and "
+                                              r"train.csv, validate.csv, test.csv.*annotation_files"):
+        create_task("kinetics400", root=tmp_path)
+
+
 def test_kinetics_rejects_a_csv_without_the_official_header(tmp_path: Path) -> None:
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "train.csv").write_text("youtube_id,label\nabc,zumba\n")
