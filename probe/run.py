@@ -265,6 +265,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     )
     timings["train_s"] = result.train_seconds
     timings["total_s"] = time.perf_counter() - started
+    residual_only = {"train": len(train_store.residual_only), "eval": len(eval_store.residual_only)}
+    if any(residual_only.values()) and distributed.is_main():
+        log.warning(
+            "%d clips (train %d, eval %d) are in codecs that export no motion vectors (VP9, ...): their "
+            "patches were scored by residual energy alone (counted in the record)",
+            sum(residual_only.values()), residual_only["train"], residual_only["eval"],
+        )
     for split, store in (("train", train_store), ("eval", eval_store)):
         if store.skipped:
             log.warning("%s split: skipped %d unreadable clips (see the record)", split, len(store.skipped))
@@ -301,6 +308,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             "tokens_per_clip": eval_store.num_tokens,
         },
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
+        # Clips whose codec exports no motion vectors (codec sampling scored them by residuals alone).
+        "residual_only_clips": residual_only,
         # Annotation records dropped under on_bad_record=skip, with the file, line and reason of each.
         "skipped_records": {
             "train": task.skipped.get(config["task"]["train_split"], []),

@@ -15,8 +15,8 @@ cells of the source frame:
 
 Each map is divided by its 95th percentile over the clip (with a floor, so noise in a static clip is not
 blown up to full scale), clipped to [0, 1] and fused (weighted mean by default; max and geometric mean).
-Codecs that export no vectors (Cinepak, MJPEG, ...) fall back to residual-only scores, logged once per
-file and recorded in `CodecMaps.signals`.
+Codecs that export no vectors (VP9, Cinepak, MJPEG, ...) fall back to residual-only scores, recorded in
+`CodecMaps.signals` (and `SampledClip.signals`): the run counts them and warns once, with the count.
 
 `python -m tasks.codec show VIDEO --budget 2048 --out fig.png` draws sampled frames, their fused maps and
 the kept patches.
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 CELL = 4  # pixels per side of a motion-map cell (the smallest H.264 partition)
 Box = tuple[float, float, float, float]  # top, left, height, width in source pixels
-_warned_no_vectors: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -721,9 +720,8 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
         n = available
     else:
         raise RuntimeError(f"{path}: frame count unstable across two decodes; the file may be damaged")
-    if not result.any_vectors and str(path) not in _warned_no_vectors:
-        _warned_no_vectors.add(str(path))
-        log.warning("%s: the codec exports no motion vectors; scoring patches by residual energy only", path)
+    if not result.any_vectors:  # counted per run by the caller (`SampledClip.signals`), not warned per file
+        log.debug("%s: the codec exports no motion vectors; scoring patches by residual energy only", path)
     level = result.active / max(result.compared, 1)
     fused = fuse(result.motion, result.residual, cfg)
     fused *= 255

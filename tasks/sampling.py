@@ -267,5 +267,6 @@ class CodecSampler(SamplerConfig):
             used = np.isin(maps.slots, selection.slots)
             views.append(SampledClip(clip_id=clip.clip_id, label=clip.label, frames=torch.from_numpy(out),
                                      positions=torch.from_numpy(positions), layout=layout,
-                                     source_frames=maps.frame_indices[used].tolist(), view=c))
+                                     source_frames=maps.frame_indices[used].tolist(), view=c,
+                                     signals=maps.signals))
         return views

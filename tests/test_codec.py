@@ -242,11 +242,9 @@ def test_wrong_frame_count_is_replanned(clips, monkeypatch, caplog):
 
 def test_cinepak_falls_back_to_residual_only(fixtures, caplog):
     tree = fixtures / "videos" / "tree.avi"  # header says 444 frames, 68 decode
-    codec._warned_no_vectors.discard(str(tree))
     with caplog.at_level(logging.WARNING, logger="tasks.codec"):
         maps, _ = analyse(tree)
-        analyse(tree)
-    assert caplog.text.count("exports no motion vectors") == 1
+    assert "motion vectors" not in caplog.text  # not per file: the run warns once with a count
     assert maps.signals == "residual" and np.isnan(maps.motion).all()
     assert maps.frame_indices[-1] == 67 and maps.fused.max() > 0
 

@@ -268,3 +268,43 @@ def test_a_validation_carve_out_without_clips_fails_before_any_work(tmp_path, ge
     with pytest.raises(ConfigError, match=message):
         run(small(tmp_path, *task, "probe.recipe.val_fraction=0.1"))  # 4 clips a class: round(0.4) = 0
     assert encode_calls == [] and not (tmp_path / "cache" / "features").exists()
+
+
+def _to_vp9(source: Path, target: Path) -> Path:
+    """Re-encode `source` as VP9 in WebM (SSv2's codec: libvpx exports no motion vectors)."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream = dst.add_stream("libvpx-vp9", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 112, 112, "yuv420p"
+        stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        for frame in src.decode(video=0):
+            dst.mux(stream.encode(frame.reformat(format="yuv420p")))
+        dst.mux(stream.encode())
+    return target
+
+
+def test_vector_less_codecs_are_warned_once_per_run_and_counted(tmp_path, generated, caplog):
+    """Codec sampling decodes in loader workers; clips in VP9 (no motion vectors) are counted there and
+    travel back with the sampled views: one warning for the run, and the count in the record."""
+    import logging
+
+    _, clips = generated
+    lists = {}
+    for split in ("train", "test"):
+        rows = []
+        for i, c in enumerate(clips[split]):
+            path = _to_vp9(c.path, tmp_path / f"{split}{i}.webm") if split == "test" and i % 2 else c.path
+            rows.append(f"{path} {c.label}\n")
+        lists[split] = tmp_path / f"{split}.txt"
+        lists[split].write_text("".join(rows))
+    task = ["task=list", f"task.args.splits.train={lists['train']}", f"task.args.splits.test={lists['test']}"]
+    codec = ["sampling=codec", "sampling.args.num_frames=16", "num_workers=2"]
+    with caplog.at_level(logging.WARNING):
+        record = run(small(tmp_path, *task, *codec))
+    assert record["residual_only_clips"] == {"train": 0, "eval": 8}
+    warnings = [r.getMessage() for r in caplog.records if "no motion vectors" in r.getMessage()]
+    assert warnings == [
+        "8 clips (train 0, eval 8) are in codecs that export no motion vectors (VP9, ...): their patches "
+        "were scored by residual energy alone (counted in the record)"
+    ]
