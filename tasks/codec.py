@@ -94,7 +94,9 @@ class CodecMaps:
     `slots[i]` of a grid of `num_slots`. `fused` is the saliency in [0, 1] quantised to uint8 (x 255):
     what the cache stores, so a cached run selects exactly what a fresh one does. The raw maps,
     `motion` (pixels, NaN = no vector) and `residual` (luma levels), come with a fresh analysis only;
-    the cache keeps them out (None) to stay small.
+    the cache keeps them out (None) to stay small. `contrast` is each row's luma standard deviation
+    (levels, on the reduced luma): near 0 for a flat frame (black, a fade), which
+    `SelectionConfig.keep_first_frame` passes over.
     """
 
     fused: np.ndarray
@@ -107,6 +109,16 @@ class CodecMaps:
     static: bool  # activity below `CodecConfig.static_activity`
     motion: np.ndarray | None = None
     residual: np.ndarray | None = None
+    contrast: np.ndarray | None = None
+
+    @property
+    def slot_contrast(self) -> np.ndarray | None:
+        """`contrast` on the slot grid `[num_slots]`, NaN on slots without a frame."""
+        if self.contrast is None:
+            return None
+        out = np.full(self.num_slots, np.nan, np.float32)
+        out[self.slots] = self.contrast
+        return out
 
     @property
     def saliency(self) -> np.ndarray:
@@ -573,6 +585,7 @@ class _PassResult:
     pixels: list[np.ndarray | None]
     motion: np.ndarray | None = None
     residual: np.ndarray | None = None
+    contrast: np.ndarray | None = None
     decoded: int = 0
     active: int = 0  # cells above a noise floor, over the sampled frames that have a reference
     compared: int = 0  # cells of those frames
@@ -639,6 +652,7 @@ class _DecodePass:
             self.geo = _Geometry(out.size, self.cfg.residual_scale)
             out.motion = np.full((len(self.wanted), *self.geo.cells), np.nan, np.float32)
             out.residual = np.zeros((len(self.wanted), *self.geo.cells), np.float32)
+            out.contrast = np.zeros(len(self.wanted), np.float32)
         current = _Luma(frame, self.geo, self.scaler)
         is_anchor = frame.pict_type != PictureType.B
         if is_anchor and self.waiting:
@@ -651,6 +665,7 @@ class _DecodePass:
             mvs = motion_vectors(frame)
             mvs = mvs if mvs is not None and len(mvs) else None
             sample = _Sampled(row, current.load(), mvs, self.anchor and self.anchor.load())
+            out.contrast[row] = sample.luma.luma.std()
             if self.keep is not None:
                 out.pixels[row] = self.keep(frame)
             future = not is_anchor and mvs is not None and bool((mvs["source"] > 0).any())
@@ -730,6 +745,7 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
         frame_indices=start + offsets, slots=slots, num_slots=cfg.num_frames, frame_size=result.size,
         signals="motion+residual" if result.any_vectors else "residual",
         activity=level, static=level < cfg.static_activity, motion=result.motion, residual=result.residual,
+        contrast=result.contrast,
     )
     return maps, (result.pixels if keep is not None else None)
 
@@ -805,7 +821,8 @@ def show(video: str | Path, out: str | Path, budget: int = 2048, size: int = 224
         resize_shorter_side(f.to_ndarray(format="rgb24")[None], size), size)[0].numpy())
     box = crop_box(maps.frame_size, size)
     scores = patch_scores(maps, (grid, grid), box)
-    selection = select_patches(scores, budget, selection_cfg or SelectionConfig(), static=maps.static)
+    selection = select_patches(scores, budget, selection_cfg or SelectionConfig(), static=maps.static,
+                               contrast=maps.slot_contrast)
     kept = np.zeros(scores.size, bool)
     kept[selection.indices] = True
     kept = kept.reshape(scores.shape)
