@@ -196,6 +196,8 @@ class FeatureStore:
         # Clips skipped at extraction (on_bad_clip=skip) stay in their shards with no tokens; the store
         # shows only usable clips, so index i here is the i-th usable clip.
         self.skipped: dict[str, str] = {c: r for s in m["shards"] for c, r in s.get("skipped", {}).items()}
+        # Clips whose codec exports no motion vectors: their patches were scored by residuals alone.
+        self.residual_only: list[str] = [c for s in m["shards"] for c in s.get("residual_only", [])]
         all_ids = [c for s in m["shards"] for c in s["clips"]]
         self._all_labels = np.asarray([y for s in m["shards"] for y in s["labels"]], dtype=np.int64)
         self._rows = np.asarray([i for i, c in enumerate(all_ids) if c not in self.skipped], dtype=np.int64)
@@ -472,6 +474,7 @@ class _ShardWriter:
         self.positions: list[list[Any]] = [[None] * views for _ in clips]
         self.pending: list[tuple[int, int, SampledClip]] = []
         self.skipped: dict[str, str] = {}
+        self.residual_only: list[str] = []
         self.received = 0
         self.device = next(backbone.parameters(), torch.empty(0)).device
 
@@ -483,6 +486,8 @@ class _ShardWriter:
             self.skipped[views.clip_id] = views.reason
             return
         self.pending.extend((slot, v, sc) for v, sc in enumerate(views))
+        if any(sc.signals == "residual" for sc in views):
+            self.residual_only.append(views[0].clip_id)
         if len(self.pending) >= self.batch_size:
             self._encode_pending()
 
@@ -547,6 +552,7 @@ class _ShardWriter:
             "num_tokens": n,
             "temporal_extent": int(positions[..., 0][real].max(initial=-1)) + 1,
             "skipped": self.skipped,
+            "residual_only": self.residual_only,
             "files": files,
         }
         atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar), _kept(self.path))

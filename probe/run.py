@@ -30,7 +30,7 @@ from probe.features import FeatureStore, clips_digest, extract_features
 from probe.record import RunSlot, check_writable, claim_run, git_commit, versions, write_record
 from probe.results import format_table, record_row
 from probe.schema import ConfigError, check_run_config
-from probe.train import GridResult, HeadConfig, Recipe, train_probe_grid
+from probe.train import GridResult, HeadConfig, Recipe, split_train_val, train_probe_grid
 from tasks import (
     Clip,
     SampledClip,
@@ -179,6 +179,28 @@ def run_identity(config: dict[str, Any], backbone: Backbone, task: Task) -> dict
     }
 
 
+def check_task(config: dict[str, Any], task: Task) -> None:
+    """What the task's clips would make fail after extraction: checked before any work starts."""
+    splits = (config["task"]["train_split"], config["task"]["eval_split"])
+    clips = {split: task.clips(split) for split in splits}
+    for split in splits:
+        missing = task.missing.get(split, [])
+        if missing and config["on_bad_clip"] == "error":
+            raise ConfigError(
+                f"{task.name}/{split}: {len(missing)} listed videos are missing, e.g. {missing[0]}; "
+                "set on_bad_clip=skip to skip them (listed in the record)"
+            )
+    fraction = config["probe"]["recipe"]["val_fraction"]
+    try:
+        split_train_val(np.array([c.label for c in clips[splits[0]]]), fraction, config["seed"])
+    except ValueError as err:
+        raise ConfigError(
+            f"probe.recipe.val_fraction={fraction} carves no validation clip out of the "
+            f"{len(clips[splits[0]])} {splits[0]} clips (each class gives round(fraction x its clips)); "
+            "raise probe.recipe.val_fraction"
+        ) from err
+
+
 def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore) -> HeadConfig:
     head = dict(config["probe"]["head"])
     if head.get("temporal_pos", "auto") == "auto":
@@ -203,6 +225,7 @@ def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str,
         task = create_task(
             config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
         )
+    check_task(config, task)
     backbone = create_backbone(config["backbone"]["name"], **config["backbone"]["args"]).to(device)
     identity = run_identity(config, backbone, task)
     slot: RunSlot = distributed.on_main(
@@ -245,6 +268,13 @@ def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str,
     )
     timings["train_s"] = result.train_seconds
     timings["total_s"] = time.perf_counter() - started
+    residual_only = {"train": len(train_store.residual_only), "eval": len(eval_store.residual_only)}
+    if any(residual_only.values()) and distributed.is_main():
+        log.warning(
+            "%d clips (train %d, eval %d) are in codecs that export no motion vectors (VP9, ...): their "
+            "patches were scored by residual energy alone (counted in the record)",
+            sum(residual_only.values()), residual_only["train"], residual_only["eval"],
+        )
     for split, store in (("train", train_store), ("eval", eval_store)):
         if store.skipped:
             log.warning("%s split: skipped %d unreadable clips (see the record)", split, len(store.skipped))
@@ -282,6 +312,8 @@ def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str,
             "tokens_per_clip": eval_store.num_tokens,
         },
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
+        # Clips whose codec exports no motion vectors (codec sampling scored them by residuals alone).
+        "residual_only_clips": residual_only,
         # Annotation records dropped under on_bad_record=skip, with the file, line and reason of each.
         "skipped_records": {
             "train": task.skipped.get(config["task"]["train_split"], []),

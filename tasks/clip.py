@@ -34,6 +34,8 @@ class SampledClip:
     are tokens (image backbones encode the frames and keep those tokens).
     `positions` is `[N, 3]` int64 `(t, h, w)` for the N tokens, in frame-major raster order,
     with t on the backbone's temporal grid and (h, w) in patch units.
+    `signals` says what scored the patches (codec sampling: "motion+residual", or "residual" for codecs
+    that export no motion vectors); it travels back from loader workers so a run can count them.
     """
 
     clip_id: str
@@ -43,6 +45,7 @@ class SampledClip:
     layout: str = "dense"  # dense | packed | sparse
     source_frames: list[int] = field(default_factory=list)
     view: int = 0
+    signals: str | None = None
 
     @property
     def n_tokens(self) -> int:

@@ -15,8 +15,8 @@ cells of the source frame:
 
 Each map is divided by its 95th percentile over the clip (with a floor, so noise in a static clip is not
 blown up to full scale), clipped to [0, 1] and fused (weighted mean by default; max and geometric mean).
-Codecs that export no vectors (Cinepak, MJPEG, ...) fall back to residual-only scores, logged once per
-file and recorded in `CodecMaps.signals`.
+Codecs that export no vectors (VP9, Cinepak, MJPEG, ...) fall back to residual-only scores, recorded in
+`CodecMaps.signals` (and `SampledClip.signals`): the run counts them and warns once, with the count.
 
 `python -m tasks.codec show VIDEO --budget 2048 --out fig.png` draws sampled frames, their fused maps and
 the kept patches.
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 CELL = 4  # pixels per side of a motion-map cell (the smallest H.264 partition)
 Box = tuple[float, float, float, float]  # top, left, height, width in source pixels
-_warned_no_vectors: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,9 @@ class CodecMaps:
     `slots[i]` of a grid of `num_slots`. `fused` is the saliency in [0, 1] quantised to uint8 (x 255):
     what the cache stores, so a cached run selects exactly what a fresh one does. The raw maps,
     `motion` (pixels, NaN = no vector) and `residual` (luma levels), come with a fresh analysis only;
-    the cache keeps them out (None) to stay small.
+    the cache keeps them out (None) to stay small. `contrast` is each row's luma standard deviation
+    (levels, on the reduced luma): near 0 for a flat frame (black, a fade), which
+    `SelectionConfig.keep_first_frame` passes over.
     """
 
     fused: np.ndarray
@@ -108,6 +109,16 @@ class CodecMaps:
     static: bool  # activity below `CodecConfig.static_activity`
     motion: np.ndarray | None = None
     residual: np.ndarray | None = None
+    contrast: np.ndarray | None = None
+
+    @property
+    def slot_contrast(self) -> np.ndarray | None:
+        """`contrast` on the slot grid `[num_slots]`, NaN on slots without a frame."""
+        if self.contrast is None:
+            return None
+        out = np.full(self.num_slots, np.nan, np.float32)
+        out[self.slots] = self.contrast
+        return out
 
     @property
     def saliency(self) -> np.ndarray:
@@ -574,6 +585,7 @@ class _PassResult:
     pixels: list[np.ndarray | None]
     motion: np.ndarray | None = None
     residual: np.ndarray | None = None
+    contrast: np.ndarray | None = None
     decoded: int = 0
     active: int = 0  # cells above a noise floor, over the sampled frames that have a reference
     compared: int = 0  # cells of those frames
@@ -640,6 +652,7 @@ class _DecodePass:
             self.geo = _Geometry(out.size, self.cfg.residual_scale)
             out.motion = np.full((len(self.wanted), *self.geo.cells), np.nan, np.float32)
             out.residual = np.zeros((len(self.wanted), *self.geo.cells), np.float32)
+            out.contrast = np.zeros(len(self.wanted), np.float32)
         current = _Luma(frame, self.geo, self.scaler)
         is_anchor = frame.pict_type != PictureType.B
         if is_anchor and self.waiting:
@@ -652,6 +665,7 @@ class _DecodePass:
             mvs = motion_vectors(frame)
             mvs = mvs if mvs is not None and len(mvs) else None
             sample = _Sampled(row, current.load(), mvs, self.anchor and self.anchor.load())
+            out.contrast[row] = sample.luma.luma.std()
             if self.keep is not None:
                 out.pixels[row] = self.keep(frame)
             future = not is_anchor and mvs is not None and bool((mvs["source"] > 0).any())
@@ -721,9 +735,8 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
         n = available
     else:
         raise RuntimeError(f"{path}: frame count unstable across two decodes; the file may be damaged")
-    if not result.any_vectors and str(path) not in _warned_no_vectors:
-        _warned_no_vectors.add(str(path))
-        log.warning("%s: the codec exports no motion vectors; scoring patches by residual energy only", path)
+    if not result.any_vectors:  # counted per run by the caller (`SampledClip.signals`), not warned per file
+        log.debug("%s: the codec exports no motion vectors; scoring patches by residual energy only", path)
     level = result.active / max(result.compared, 1)
     fused = fuse(result.motion, result.residual, cfg)
     fused *= 255
@@ -732,6 +745,7 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
         frame_indices=start + offsets, slots=slots, num_slots=cfg.num_frames, frame_size=result.size,
         signals="motion+residual" if result.any_vectors else "residual",
         activity=level, static=level < cfg.static_activity, motion=result.motion, residual=result.residual,
+        contrast=result.contrast,
     )
     return maps, (result.pixels if keep is not None else None)
 
@@ -807,7 +821,8 @@ def show(video: str | Path, out: str | Path, budget: int = 2048, size: int = 224
         resize_shorter_side(f.to_ndarray(format="rgb24")[None], size), size)[0].numpy())
     box = crop_box(maps.frame_size, size)
     scores = patch_scores(maps, (grid, grid), box)
-    selection = select_patches(scores, budget, selection_cfg or SelectionConfig(), static=maps.static)
+    selection = select_patches(scores, budget, selection_cfg or SelectionConfig(), static=maps.static,
+                               contrast=maps.slot_contrast)
     kept = np.zeros(scores.size, bool)
     kept[selection.indices] = True
     kept = kept.reshape(scores.shape)

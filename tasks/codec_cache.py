@@ -26,7 +26,7 @@ from tasks.codec import CodecConfig, CodecMaps, analyse
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: streams with B-frames decode without frame threads (vectors were misattributed)
+CACHE_VERSION = 3  # 2: B-frame streams decode without frame threads; 3: maps carry each frame's contrast
 _NOT_STORED = ("motion", "residual")  # raw maps: large, and not needed to select patches
 
 

@@ -41,9 +41,14 @@ class Task(ABC):
     Bad records raise `AnnotationError` naming the annotation file and line (or record), with
     `on_bad_record="error"`; with `"skip"` they are dropped, logged and listed in `skipped[split]`.
     Every format checks its own fields; every task checks that a record's label is a class index, that
-    its clip id is new in the split (the feature store and the run record are keyed by it), that its
-    video lies under `video_folder` (if set; `../` or absolute paths must not reach other data) and
-    exists. A split left without any clip is an error under either policy.
+    its clip id is new in the split (the feature store and the run record are keyed by it) and that its
+    video lies under `video_folder` (if set; `../` or absolute paths must not reach other data). A split
+    left without any clip is an error under either policy.
+
+    A well-formed record whose video is absent (real copies of Kinetics always lack some) is not a bad
+    record but a bad clip: it stays in the split, is listed in `missing[split]`, and the bad-clip policy
+    (`on_bad_clip`) skips or stops on it when it is decoded. A split none of whose videos exists is an
+    error: the data folder or layout is wrong.
     """
 
     name: str
@@ -56,6 +61,7 @@ class Task(ABC):
         self.classes = list(classes)
         self.on_bad_record = check_policy(on_bad_record, "on_bad_record")
         self.skipped: dict[str, list[str]] = {}
+        self.missing: dict[str, list[str]] = {}  # videos listed but absent, per split
         self._clips: dict[str, list[Clip]] = {}
 
     @property
@@ -82,6 +88,14 @@ class Task(ABC):
             first[clip.clip_id] = where
             clips.append(clip)
         skipped = self.skipped[split]
+        self.missing[split] = [str(c.path) for c in clips if not c.path.is_file()]
+        if clips and len(self.missing[split]) == len(clips):
+            raise AnnotationError(f"{self.name}/{split}: none of the {len(clips)} videos listed exists, e.g. "
+                                  f"{clips[0].path}; check the task's root and layout (task.args)")
+        if self.missing[split]:
+            log.warning("%s/%s: %d of %d listed videos are missing, e.g. %s; they count as bad clips "
+                        "(on_bad_clip)", self.name, split, len(self.missing[split]), len(clips),
+                        self.missing[split][0])
         if not clips:
             example = f"; {len(skipped)} bad records were skipped, e.g. {skipped[0]}" if skipped else ""
             raise AnnotationError(f"{self.name}/{split}: the annotations hold no usable clip{example}")
@@ -102,8 +116,6 @@ class Task(ABC):
             return f"clip id {clip.clip_id!r} repeats {first}; each clip may appear once per split"
         if self.video_folder is not None and not _inside(clip.path, self.video_folder):
             return f"video path {clip.path} leads outside the video folder {self.video_folder}"
-        if not clip.path.is_file():
-            return f"video {clip.path} not found"
         return None
 
     def _reject(self, split: str, where: str, reason: str) -> None:

@@ -209,6 +209,7 @@ class CodecSampler(SamplerConfig):
     static_frames: int = 4
     center_prior: float = 0.0
     time_buckets: int = 1
+    flat_std: float = 2.0
     camera: str = "similarity"
     fusion: str = "mean"
     cache_dir: str | None = None
@@ -228,7 +229,8 @@ class CodecSampler(SamplerConfig):
             check_packed_budget(self.k, self.grid**2)
         self.codec = CodecConfig(num_frames=self.num_frames, camera=self.camera, fusion=self.fusion)
         self.selection = SelectionConfig(self.keep_first_frame, self.static_fallback, self.static_frames,
-                                         self.center_prior, time_buckets=self.time_buckets)
+                                         self.center_prior, time_buckets=self.time_buckets,
+                                         flat_std=self.flat_std)
         self.cache = MapCache(Path(self.cache_dir)) if self.cache_dir else None
 
     def __call__(self, clip: Clip, reader: VideoReader | None = None,
@@ -250,7 +252,8 @@ class CodecSampler(SamplerConfig):
         for pos in crops:
             box = crop_box(maps.frame_size, self.size, pos)
             scores = patch_scores(maps, (self.grid, self.grid), box)
-            selections.append(select_patches(scores, self.k, self.selection, static=maps.static))
+            selections.append(select_patches(scores, self.k, self.selection, static=maps.static,
+                                             contrast=maps.slot_contrast))
         rows = np.flatnonzero(np.isin(maps.slots, np.unique(np.concatenate([s.slots for s in selections]))))
         if pixels is None:  # cached maps: decode only the frames holding selected patches
             reader = reader or open_video(clip.path, self.backend)
@@ -273,5 +276,6 @@ class CodecSampler(SamplerConfig):
             used = np.isin(maps.slots, selection.slots)
             views.append(SampledClip(clip_id=clip.clip_id, label=clip.label, frames=torch.from_numpy(out),
                                      positions=torch.from_numpy(positions), layout=layout,
-                                     source_frames=maps.frame_indices[used].tolist(), view=c))
+                                     source_frames=maps.frame_indices[used].tolist(), view=c,
+                                     signals=maps.signals))
         return views

@@ -28,7 +28,9 @@ class SelectionConfig:
     """Options of the top-K selection.
 
     keep_first_frame: the first frame with content is kept whole, a pseudo-I-frame that gives the
-        backbone the scene before the changes.
+        backbone the scene before the changes: the first sampled frame whose luma standard deviation
+        (`contrast`, from the codec analysis) reaches `flat_std` levels, so a clip that fades in from
+        black keeps its first visible frame, not the black one (the first frame if none does).
     static_fallback: when the caller says the clip is static (flat motion), keep `static_frames`
         frames whole at uniform times (the first among them) and fill the rest of the budget by score.
     center_prior: in [0, 1]; scores are multiplied by ``1 - c + c * g`` with g a Gaussian of the
@@ -43,6 +45,7 @@ class SelectionConfig:
     center_prior: float = 0.0
     center_sigma: float = 0.5
     time_buckets: int = 1
+    flat_std: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.center_prior <= 1.0:
@@ -113,8 +116,11 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def select_patches(scores: np.ndarray, budget: int, cfg: SelectionConfig | None = None,
-                   static: bool = False) -> Selection:
+                   static: bool = False, contrast: np.ndarray | None = None) -> Selection:
     """The `budget` best patches of `scores` `[T, Hp, Wp]` (NaN marks slots without a frame).
+
+    `contrast` `[T]` (luma standard deviation per slot; None: unknown) lets `keep_first_frame` pass over
+    flat frames.
 
     Raises ValueError when the budget exceeds the patches of the frames available. Whole frames forced
     by `keep_first_frame` or the static fallback count against the budget and are limited to
@@ -131,7 +137,7 @@ def select_patches(scores: np.ndarray, budget: int, cfg: SelectionConfig | None 
     if budget > available:
         raise ValueError(f"patch budget {budget} exceeds the {available} patches available ({filled.size} "
                          f"frames of {per_frame}); lower sampling.budget or sample more frames")
-    forced = _forced_slots(filled, budget // per_frame, cfg, static)
+    forced = _forced_slots(filled, budget // per_frame, cfg, static, contrast)
     chosen = np.zeros(t_slots * per_frame, bool)
     for slot in forced:
         chosen[slot * per_frame:(slot + 1) * per_frame] = True
@@ -161,8 +167,10 @@ def _quotas(total: int, parts: int) -> list[int]:
     return [base + (i < extra) for i in range(parts)]
 
 
-def _forced_slots(filled: np.ndarray, max_whole: int, cfg: SelectionConfig, static: bool) -> list[int]:
-    """Slots kept whole: the first frame and/or `static_frames` uniform ones, at most `max_whole`."""
+def _forced_slots(filled: np.ndarray, max_whole: int, cfg: SelectionConfig, static: bool,
+                  contrast: np.ndarray | None = None) -> list[int]:
+    """Slots kept whole: the first frame with content and/or `static_frames` uniform ones, at most
+    `max_whole`."""
     if static and cfg.static_fallback:
         n = min(cfg.static_frames, max_whole, filled.size)
         picks = filled[np.rint(np.linspace(0, filled.size - 1, n)).astype(int)] if n else []
@@ -170,7 +178,8 @@ def _forced_slots(filled: np.ndarray, max_whole: int, cfg: SelectionConfig, stat
             log.info("static clip: budget holds %d whole frames of the %d asked", n, cfg.static_frames)
         return sorted({int(s) for s in picks})
     if cfg.keep_first_frame and max_whole >= 1:
-        return [int(filled[0])]
+        content = filled if contrast is None else filled[contrast[filled] >= cfg.flat_std]
+        return [int(content[0] if content.size else filled[0])]
     return []
 
 

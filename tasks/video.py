@@ -4,6 +4,9 @@ Rules every reader follows:
 - `num_frames` is the number of *decoded* frames, learned from the stream's packet index (decord's own
   index, or a demux-only packet scan for PyAV), never from the container header: `tree.avi` claims 444
   frames and has 68. If decoding ends before the index says, the count is corrected on the reader.
+- Frames are numbered in presentation order, the order the decoder outputs them (what a sequential
+  PyAV decode and the codec analysis count), whatever order the stream decodes them in (B-frames) and
+  whatever timestamps the container gives them (AVI's follow decode order).
 - Indices past the last decoded frame are clamped to it (the clip repeats its last frame); negative
   indices are a caller bug and raise `ValueError`.
 - Only the requested frames are converted to RGB and kept, so memory is bounded by what is asked for.
@@ -16,6 +19,7 @@ Rules every reader follows:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -180,8 +184,11 @@ class DecordReader(VideoReader):
     """decord reader: batched random access when the stream has valid, increasing frame timestamps.
 
     decord seeks by timestamp; in streams without usable timestamps (e.g. the packed-bitstream AVI
-    `Megamind.avi`) its seeks land on the wrong frames, so those are read sequentially from a fresh
-    reader instead. decord also returns malformed frames for some sizes (e.g. 48 px wide); those
+    `Megamind.avi`) and in open-GOP streams (frames decoded after a keyframe but shown before it:
+    decord lands a few frames late past such keyframes, `open_gop`) its seeks land on the wrong frames,
+    so those are read sequentially from a fresh reader instead. Containers without an index (MPEG-TS,
+    raw streams) it misnumbers even sequentially: it refuses them, and "auto" reads them with PyAV.
+    decord also returns malformed frames for some sizes (e.g. 48 px wide); those
     reads fail, or with `fallback=True` (what `open_video("auto")` sets) are redone with PyAV.
     """
 
@@ -192,6 +199,10 @@ class DecordReader(VideoReader):
 
         self._decord = decord
         self.num_threads = num_threads
+        with contextlib.suppress(av.FFmpegError), av.open(str(self.path)) as container:  # else decord says
+            if set(container.format.name.split(",")) & UNINDEXED_FORMATS:
+                raise VideoDecodeError(self.path, f"decord misnumbers the frames of {container.format.name} "
+                                       "streams (no index); read it with PyAV (backend 'pyav' or 'auto')")
         try:
             self._vr = decord.VideoReader(str(self.path), num_threads=num_threads)
         except (RuntimeError, decord.DECORDError) as e:
@@ -222,7 +233,7 @@ class DecordReader(VideoReader):
     def _read_decord(self, wanted: list[int]) -> tuple[dict[int, np.ndarray], int | None]:
         if self._seekable is None:
             starts = self._vr.get_frame_timestamp(range(self._num_frames))[:, 0]
-            self._seekable = bool(starts[0] >= 0 and (np.diff(starts) > 0).all())
+            self._seekable = bool(starts[0] >= 0 and (np.diff(starts) > 0).all()) and not open_gop(self.path)
         if self._seekable:
             return dict(zip(wanted, self._vr.get_batch(wanted).asnumpy(), strict=True)), None
         vr = self._decord.VideoReader(str(self.path), num_threads=self.num_threads)
@@ -237,6 +248,24 @@ class DecordReader(VideoReader):
             except StopIteration:
                 return
             yield i, lambda f=frame: f
+
+
+UNINDEXED_FORMATS = {"mpegts", "h264", "hevc", "mpegvideo", "m4v"}  # decord misnumbers their frames
+
+
+def open_gop(path: Path) -> bool:
+    """Whether a frame decoded after a keyframe is shown before it (an open GOP's leading frames), where
+    timestamp seeks to the keyframe miss. One demux pass, no decoding."""
+    with av.open(str(path)) as container:
+        keyframe_pts = None
+        for packet in container.demux(container.streams.video[0]):
+            if packet.pts is None or not packet.size:
+                continue
+            if packet.is_keyframe:
+                keyframe_pts = packet.pts
+            elif keyframe_pts is not None and packet.pts < keyframe_pts:
+                return True
+    return False
 
 
 READERS: dict[str, type[VideoReader]] = {"decord": DecordReader, "pyav": PyAVReader}

@@ -153,7 +153,7 @@ def test_list_records_name_file_and_line_and_say_what_is_wrong(tmp_path: Path, c
         "v/a.mp4 1",  # 7 the id of line 1 again
         "../outside.mp4 0",  # 8 leaves the video root
         f"{tmp_path / 'outside.mp4'} 0",  # 9 absolute, outside the video root
-        "v/gone.mp4 1",  # 10 no such video
+        "v/gone.mp4 1",  # 10 no such video: a bad clip (skipped when decoded), not a bad record
         f"{root / 'v' / 'c.mp4'} 2",  # 11 absolute, inside: fine
     ]
     listed = root / "train.txt"
@@ -167,8 +167,10 @@ def test_list_records_name_file_and_line_and_say_what_is_wrong(tmp_path: Path, c
     )
     assert [(c.clip_id, c.label) for c in task.clips("train")] == [
         ("v/a.mp4", 0),
+        ("v/gone.mp4", 1),
         (str(root / "v" / "c.mp4"), 2),
     ]
+    assert task.missing["train"] == [str(root / "v" / "gone.mp4")]
     expected = {
         2: "expected 'path label' or 'path,label', got ['v/b.mp4']",
         3: "expected 'path label' or 'path,label', got ['v/b.mp4', '1', 'extra']",
@@ -178,7 +180,6 @@ def test_list_records_name_file_and_line_and_say_what_is_wrong(tmp_path: Path, c
         7: f"(clip v/a.mp4): clip id 'v/a.mp4' repeats {listed} line 1; each clip may appear once",
         8: f"video path {root / '../outside.mp4'} leads outside the video folder {root}",
         9: f"video path {tmp_path / 'outside.mp4'} leads outside the video folder {root}",
-        10: f"video {root / 'v' / 'gone.mp4'} not found",
     }
     assert len(task.skipped["train"]) == len(expected)
     for message, (line, why) in zip(task.skipped["train"], expected.items(), strict=True):
@@ -195,12 +196,14 @@ def test_list_records_name_file_and_line_and_say_what_is_wrong(tmp_path: Path, c
 
 def test_a_split_left_without_clips_is_an_error_even_when_skipping(tmp_path: Path) -> None:
     listed = tmp_path / "train.txt"
-    listed.write_text("gone.mp4 0\n")
+    listed.write_text("gone.mp4 0\ngone.mp4 1\n")
     task = create_task("list", splits={"train": listed, "test": listed}, on_bad_record="skip")
+    with pytest.raises(AnnotationError, match=r"list/train: none of the 1 videos listed exists, e.g. .*gone"):
+        task.clips("train")
+    listed.write_text("gone.mp4 x\n")
+    task = create_task("list", splits={"train": listed, "test": listed}, on_bad_record="skip", classes=["a"])
     message = r"list/train: the annotations hold no usable clip; 1 bad records were skipped, e.g. "
-    with pytest.raises(
-        AnnotationError, match=message + r".*train.txt line 1 \(clip gone.mp4\): video .*not found"
-    ):
+    with pytest.raises(AnnotationError, match=message + r".*train.txt line 1: label 'x'"):
         task.clips("train")
 
 

@@ -211,3 +211,100 @@ def test_where_files_go_and_progress_bars_never_change_a_run_id(tmp_path):
     assert run_id(small(tmp_path / "elsewhere", "progress=true", "num_workers=2")) == base
     assert run_id(small(tmp_path, "seed=1")) != base
     assert run_id(small(tmp_path, "task.args.num_test=8")) != base
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Path, dict]:
+    """A small generated task (8 classes, 4 train and 2 test clips each), shared by the tests below."""
+    from tasks import create_task
+
+    cache = tmp_path_factory.mktemp("generated")
+    task = create_task("synthetic", cache_dir=cache, num_train=32, num_test=16, num_frames=16)
+    return cache, {split: task.clips(split) for split in ("train", "test")} | {"classes": task.classes}
+
+
+def test_a_kinetics_copy_missing_clips_runs_and_lists_them(tmp_path, generated, encode_calls):
+    """Kinetics-400 in the CVDF layout, one listed train clip not downloaded: under the default config
+    it is a counted skip listed in the record; with on_bad_clip=error the run stops before any work."""
+    import csv
+    import shutil
+
+    _, clips = generated
+    root = tmp_path / "k400"
+    names = {"train": "train", "test": "val"}
+    for split, folder in names.items():
+        rows = []
+        for i, c in enumerate(clips[split]):
+            label = clips["classes"][c.label]
+            rows.append([label, f"{folder}{i}", "0", "10", folder])
+            (root / folder / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(c.path, root / folder / label / f"{folder}{i}_000000_000010.mp4")
+        if split == "train":
+            rows.append([clips["classes"][0], "gone", "0", "10", folder])
+        (root / "annotations").mkdir(exist_ok=True)
+        with (root / "annotations" / f"{folder}.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([["label", "youtube_id", "time_start", "time_end", "split"], *rows])
+    task = ["task=kinetics400", f"task.args.root={root}"]
+    missing = r"kinetics400/train: 1 listed videos are missing, e.g. .*gone_000000_000010.mp4; set on_bad"
+    with pytest.raises(ConfigError, match=missing):
+        run(small(tmp_path, *task, "on_bad_clip=error"))
+    assert encode_calls == []
+    record = run(small(tmp_path, *task))
+    assert record["config"]["on_bad_clip"] == "skip" and record["config"]["on_bad_record"] == "error"
+    assert list(record["skipped_clips"]["train"]) == ["gone_000000_000010"]
+    assert "no such file" in record["skipped_clips"]["train"]["gone_000000_000010"]
+    assert record["skipped_clips"]["eval"] == {} and record["skipped_records"] == {"train": [], "eval": []}
+    assert record["data"]["train_clips"] == 32 and record["data"]["eval_clips"] == 16
+
+
+def test_a_validation_carve_out_without_clips_fails_before_any_work(tmp_path, generated, encode_calls):
+    _, clips = generated
+    lists = {}
+    for split in ("train", "test"):
+        lists[split] = tmp_path / f"{split}.txt"
+        lists[split].write_text("".join(f"{c.path} {c.label}\n" for c in clips[split]))
+    task = ["task=list", f"task.args.splits.train={lists['train']}", f"task.args.splits.test={lists['test']}"]
+    message = r"val_fraction=0.1 carves no validation clip out of the 32 train clips .*raise probe.recipe.val"
+    with pytest.raises(ConfigError, match=message):
+        run(small(tmp_path, *task, "probe.recipe.val_fraction=0.1"))  # 4 clips a class: round(0.4) = 0
+    assert encode_calls == [] and not (tmp_path / "cache" / "features").exists()
+
+
+def _to_vp9(source: Path, target: Path) -> Path:
+    """Re-encode `source` as VP9 in WebM (SSv2's codec: libvpx exports no motion vectors)."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream = dst.add_stream("libvpx-vp9", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 112, 112, "yuv420p"
+        stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        for frame in src.decode(video=0):
+            dst.mux(stream.encode(frame.reformat(format="yuv420p")))
+        dst.mux(stream.encode())
+    return target
+
+
+def test_vector_less_codecs_are_warned_once_per_run_and_counted(tmp_path, generated, caplog):
+    """Codec sampling decodes in loader workers; clips in VP9 (no motion vectors) are counted there and
+    travel back with the sampled views: one warning for the run, and the count in the record."""
+    import logging
+
+    _, clips = generated
+    lists = {}
+    for split in ("train", "test"):
+        rows = []
+        for i, c in enumerate(clips[split]):
+            path = _to_vp9(c.path, tmp_path / f"{split}{i}.webm") if split == "test" and i % 2 else c.path
+            rows.append(f"{path} {c.label}\n")
+        lists[split] = tmp_path / f"{split}.txt"
+        lists[split].write_text("".join(rows))
+    task = ["task=list", f"task.args.splits.train={lists['train']}", f"task.args.splits.test={lists['test']}"]
+    codec = ["sampling=codec", "sampling.args.num_frames=16", "num_workers=2"]
+    with caplog.at_level(logging.WARNING):
+        record = run(small(tmp_path, *task, *codec))
+    assert record["residual_only_clips"] == {"train": 0, "eval": 8}
+    warnings = [r.getMessage() for r in caplog.records if "no motion vectors" in r.getMessage()]
+    assert warnings == [
+        "8 clips (train 0, eval 8) are in codecs that export no motion vectors (VP9, ...): their patches "
+        "were scored by residual energy alone (counted in the record)"
+    ]

@@ -81,13 +81,15 @@ def test_diving48_loads_the_official_layout_and_counts_bad_records(diving48: Pat
     assert len(task.classes) == 48 and task.classes[0] == "Back 15som NoTwis TUCK"
     clips = task.clips("train")
     assert [(c.clip_id, c.label, c.start_frame, c.end_frame) for c in clips] == [
-        ("a_00001", 5, 0, 12), ("b_00002", 47, 2, 10)]
+        ("a_00001", 5, 0, 12), ("b_00002", 47, 2, 10), ("e_00005", 1, 0, 12)]
     assert clips[0].path == diving48 / "rgb" / "a_00001.mp4"
     problems = task.skipped["train"]
-    assert len(problems) == 3
+    assert len(problems) == 2
     assert "record 2" in problems[0] and "'end_frame'" in problems[0]
     assert "unknown label 48" in problems[1]
-    assert "e_00005.mp4 not found" in problems[2]
+    assert task.missing["train"] == [str(diving48 / "rgb" / "e_00005.mp4")]  # a bad clip, not a bad record
+    with pytest.raises(VideoDecodeError, match="e_00005.mp4: no such file"):
+        ClipDataset(task, "train", _sampler())[2]
     (view,) = ClipDataset(task, "train", _sampler())[1]
     assert view.frames.shape == (4, 28, 28, 3) and view.source_frames == [3, 5, 7, 9]
 
@@ -143,11 +145,11 @@ def test_ssv2_maps_templates_to_classes_and_reports_bad_records(tmp_path: Path,
     task = create_task("ssv2", root=tmp_path, on_bad_record="skip")
     assert task.classes == list(reversed(TEMPLATES))  # ordered by the index in labels.json
     assert task.splits == ("train", "validation") and task.eval_split == "validation"
-    assert [(c.clip_id, c.label) for c in task.clips("train")] == [("101", 2), ("102", 0)]
+    assert [(c.clip_id, c.label) for c in task.clips("train")] == [("101", 2), ("102", 0), ("105", 1)]
     assert task.clips("validation")[0].path.suffix == ".webm"
     problems = task.skipped["train"]
-    assert len(problems) == 3 and "'Throwing [something] in the air' is not a class" in problems[0]
-    assert "'template'" in problems[1] and "105.webm not found" in problems[2]
+    assert len(problems) == 2 and "'Throwing [something] in the air' is not a class" in problems[0]
+    assert "'template'" in problems[1] and task.missing["train"] == [str(video_dir / "105.webm")]
     (view,) = ClipDataset(task, "train", _sampler())[0]  # VP9 decodes
     assert view.frames.shape == (4, 28, 28, 3)
     with pytest.raises(AnnotationError, match="record 2"):
@@ -158,6 +160,67 @@ def test_ssv2_rejects_a_malformed_class_index(tmp_path: Path) -> None:
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "labels.json").write_text(json.dumps({"a": "0", "b": "2"}))
     with pytest.raises(AnnotationError, match="0..1, each once"):
+        create_task("ssv2", root=tmp_path)
+
+
+BRACKETED = [t.replace("something", "[something]") for t in TEMPLATES]
+
+
+def _ssv2_copy(root: Path, video: Path, labels_dir: str, video_dir: str, keys: list[str],
+               prefix: str = "") -> None:
+    """A small SSv2 copy: labels.json with `keys` (index = position), two train and one validation clip."""
+    labels, videos = root / labels_dir, root / video_dir
+    labels.mkdir(parents=True, exist_ok=True)
+    (labels / f"{prefix}labels.json").write_text(json.dumps({k: str(i) for i, k in enumerate(keys)}))
+    records = {"train": [_ssv2_record("7", BRACKETED[2]), _ssv2_record("8", BRACKETED[0])],
+               "validation": [_ssv2_record("9", BRACKETED[1])]}
+    for split, rows in records.items():
+        (labels / f"{prefix}{split}.json").write_text(json.dumps(rows))
+    _place(video, *(videos / f"{i}.webm" for i in (7, 8, 9)))
+
+
+@pytest.mark.parametrize("labels_dir, video_dir, layout", [
+    ("labels", "20bn-something-something-v2", "20bn"),
+    (".", ".", "flat"),
+    ("labels", ".", "labels_dir=labels, video_dir=."),
+])
+@pytest.mark.parametrize("keys", ["plain", "bracketed"])
+@pytest.mark.parametrize("prefix", ["", "something-something-v2-"])
+def test_ssv2_loads_each_layout_from_its_root_alone(tmp_path: Path, videos: dict[str, Path], caplog,
+                                                    labels_dir: str, video_dir: str, layout: str,
+                                                    keys: str, prefix: str) -> None:
+    names = TEMPLATES if keys == "plain" else BRACKETED
+    _ssv2_copy(tmp_path, videos["webm"], labels_dir, video_dir, names, prefix)
+    with caplog.at_level("INFO", logger="tasks.ssv2"):
+        task = create_task("ssv2", root=tmp_path)
+    assert task.layout == layout and f"({layout})" in caplog.text  # the detected layout is logged
+    assert task.classes == TEMPLATES  # named without brackets, indexed by labels.json's values
+    assert [(c.clip_id, c.label) for c in task.clips("train")] == [("7", 2), ("8", 0)]
+    assert [(c.path, c.label) for c in task.clips("validation")] == [(tmp_path / video_dir / "9.webm", 1)]
+    assert task.missing == {"train": [], "validation": []} and task.skipped["train"] == []
+
+
+def test_ssv2_folders_given_in_the_config_and_errors_that_name_them(tmp_path: Path,
+                                                                    videos: dict[str, Path]) -> None:
+    from probe.run import compose_config
+
+    args = compose_config(["task=ssv2"])["task"]["args"]
+    assert args == {"root": None, "labels_dir": None, "video_dir": None}  # declared: no `+` needed
+    _ssv2_copy(tmp_path, videos["webm"], "annotations", "webm", list(reversed(TEMPLATES)))
+    with pytest.raises(AnnotationError, match=r"no labels.json .* in .*labels or .*task.args.labels_dir"):
+        create_task("ssv2", root=tmp_path)
+    with pytest.raises(AnnotationError, match=r"video folder .*/videos not found.*task.args.video_dir"):
+        create_task("ssv2", root=tmp_path, labels_dir="annotations", video_dir="videos")
+    task = create_task("ssv2", root=tmp_path, labels_dir="annotations", video_dir=str(tmp_path / "webm"))
+    assert task.layout == "labels_dir=annotations, video_dir=webm"
+    assert [(c.clip_id, c.label) for c in task.clips("train")] == [("7", 0), ("8", 2)]
+    with pytest.raises(AnnotationError, match=r"none of the 2 videos listed exists, e.g. .*7.webm"):
+        create_task("ssv2", root=tmp_path, labels_dir="annotations").clips("train")  # videos not in root
+
+
+def test_ssv2_rejects_label_keys_that_collide_without_brackets(tmp_path: Path) -> None:
+    (tmp_path / "labels.json").write_text(json.dumps({"Holding [something]": "0", "Holding something": "1"}))
+    with pytest.raises(AnnotationError, match="names the class 'Holding something' twice"):
         create_task("ssv2", root=tmp_path)
 
 
@@ -189,11 +252,11 @@ def test_kinetics_finds_flat_and_per_class_clips_and_skips_missing_ones(tmp_path
     task = create_task("kinetics400", root=tmp_path, on_bad_record="skip")
     assert task.name == "kinetics400" and task.classes == ["abseiling", "riding a bike", "zumba"]
     clips = task.clips("train")
-    assert [(c.clip_id, c.label) for c in clips] == [("abc_000014_000024", 1), ("--x_y_000000_000010", 0)]
+    assert [(c.clip_id, c.label) for c in clips] == [
+        ("abc_000014_000024", 1), ("--x_y_000000_000010", 0), ("gone_000030_000040", 2)]
     assert clips[1].path == tmp_path / "train" / "abseiling" / "--x_y_000000_000010.mp4"
-    assert task.skipped["train"] == [f"kinetics400/train: {tmp_path / 'annotations' / 'train.csv'} line 4 "
-                                     f"(clip gone_000030_000040): video "
-                                     f"{tmp_path / 'train' / 'gone_000030_000040.mp4'} not found"]
+    assert task.skipped["train"] == []  # a missing video is a bad clip, not a bad record
+    assert task.missing["train"] == [str(tmp_path / "train" / "gone_000030_000040.mp4")]
     assert [c.clip_id for c in task.clips("val")] == ["v1_000005_000015"]
     problems = task.skipped["val"]
     assert "line 3" in problems[0] and "'knitting' is not a class" in problems[0]
@@ -201,9 +264,52 @@ def test_kinetics_finds_flat_and_per_class_clips_and_skips_missing_ones(tmp_path
     assert "line 5" in problems[2] and "'youtube_id'" in problems[2]
     with pytest.raises(AnnotationError, match="test.csv not found"):
         task.clips("test")
-    with pytest.raises(AnnotationError, match="gone_000030_000040.mp4 not found"):
-        create_task("kinetics400", root=tmp_path).clips("train")
+    assert len(create_task("kinetics400", root=tmp_path).clips("train")) == 3  # on_bad_record=error
     assert create_task("kinetics700", root=tmp_path).name == "kinetics700"
+
+
+K400_ROWS = {"train": [["abseiling", "a1", "0", "10"], ["riding a bike", "b1", "14", "24"],
+                       ["zumba", "z1", "30", "40"], ["zumba", "gone", "30", "40"]],  # gone: not downloaded
+             "val": [["abseiling", "a2", "5", "15"], ["zumba", "z2", "5", "15"]]}
+
+
+@pytest.mark.parametrize("layout", ["cvdf", "deepmind"])
+def test_kinetics400_loads_each_download_layout(tmp_path: Path, videos: dict[str, Path], layout: str) -> None:
+    """CVDF: annotations/{train,val}.csv, videos in {train,val}/<class>/; DeepMind: train.csv and
+    validate.csv at the top (videos where the user put them: flat train/ and validate/ here)."""
+    video_dirs = {"train": "train", "val": "val" if layout == "cvdf" else "validate"}
+    csv_files = {"cvdf": {"train": "annotations/train.csv", "val": "annotations/val.csv"},
+                 "deepmind": {"train": "train.csv", "val": "validate.csv"}}[layout]
+    for split, rows in K400_ROWS.items():
+        _csv(tmp_path / csv_files[split], [[*r, split, "0"] for r in rows])
+        _place(videos["mp4"], *(
+            tmp_path / video_dirs[split] / (label if layout == "cvdf" else "") / f"{v}_{s:0>6}_{e:0>6}.mp4"
+            for label, v, s, e in rows if v != "gone"))
+    task = create_task("kinetics400", root=tmp_path)  # on_bad_record=error: a missing video is no bad record
+    assert task.classes == ["abseiling", "riding a bike", "zumba"]
+    train = task.clips("train")
+    assert [(c.clip_id, c.label) for c in train] == [("a1_000000_000010", 0), ("b1_000014_000024", 1),
+                                                     ("z1_000030_000040", 2), ("gone_000030_000040", 2)]
+    assert train[0].path.is_file()
+    assert task.missing["train"] == [str(tmp_path / "train" / "gone_000030_000040.mp4")]
+    val = task.clips("val")
+    assert [(c.clip_id, c.label) for c in val] == [("a2_000005_000015", 0), ("z2_000005_000015", 2)]
+    assert all(c.path.is_file() for c in val) and task.missing["val"] == []
+    (view,) = ClipDataset(task, "val", _sampler())[1]
+    assert view.label == 2 and view.frames.shape == (4, 28, 28, 3)
+
+    (tmp_path / csv_files["train"]).unlink()
+    only_val = create_task("kinetics400", root=tmp_path)  # listing validation needs no train.csv
+    assert only_val.class_source == "val" and only_val.classes == ["abseiling", "zumba"]
+    assert [c.clip_id for c in only_val.clips("val")] == ["a2_000005_000015", "z2_000005_000015"]
+    with pytest.raises(AnnotationError, match="kinetics400/train: annotation file .*train.csv not found"):
+        only_val.clips("train")
+
+
+def test_kinetics_without_any_csv_names_both_layouts(tmp_path: Path) -> None:
+    with pytest.raises(AnnotationError, match=r"no annotation CSV .*annotations/\{train,val,test\}.csv and "
+                                              r"train.csv, validate.csv, test.csv.*annotation_files"):
+        create_task("kinetics400", root=tmp_path)
 
 
 def test_kinetics_rejects_a_csv_without_the_official_header(tmp_path: Path) -> None:
@@ -228,9 +334,10 @@ def test_generic_lists_in_csv_and_space_formats(tmp_path: Path, videos: dict[str
     assert train == [("a b.mp4", 1), ("c.mp4", 0)]  # line 5 repeats line 3's clip: a bad record
     assert "train.csv line 5 (clip clips/c.mp4): clip id 'clips/c.mp4' repeats" in task.skipped["train"][0]
     assert [(c.path, c.label) for c in task.clips("test")] == [(tmp_path / "clips" / "a b.mp4", 2),
-                                                             (tmp_path / "d.mp4", 0)]
-    assert len(task.skipped["test"]) == 2 and "missing.mp4 not found" in task.skipped["test"][0]
-    assert "test.txt line 4" in task.skipped["test"][1]
+                                                             (tmp_path / "d.mp4", 0),
+                                                             (tmp_path / "missing.mp4", 1)]
+    assert len(task.skipped["test"]) == 1 and "test.txt line 4" in task.skipped["test"][0]
+    assert task.missing["test"] == [str(tmp_path / "missing.mp4")]
     derived = create_task("list", splits={"train": tmp_path / "test.txt", "test": tmp_path / "test.txt"},
                           on_bad_record="skip")
     assert derived.classes == ["0", "1", "2"]  # no class names: max label + 1, named by index

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from av.video.frame import PictureType
 
 from tasks.video import (
     DecordReader,
@@ -111,6 +112,66 @@ def test_random_access_lands_on_the_right_frame_for_each_codec(tmp_path: Path, n
         assert reader.num_frames == 40
         corner = reader.get_frames(indices)[:, 4:12, 4:12].astype(float).mean(axis=(1, 2, 3))
         np.testing.assert_allclose(corner, 6 * np.array(indices), atol=4, err_msg=type(reader).__name__)
+
+
+B_FRAMES = {"bf": "3", "g": "12", "threads": "1", "x264-params": "b-adapt=0:b-pyramid=normal"}
+OPEN_GOP = {**B_FRAMES, "g": "24", "x264-params": "b-adapt=0:b-pyramid=normal:open-gop=1"}
+REORDERED = {  # H.264 with B-frames: decode order I P B B ..., shown I B B P ...
+    "closed.mp4": B_FRAMES,  # timestamps reordered by the container (ctts)
+    "closed.avi": B_FRAMES,  # timestamps in decode order: decoded frames come out of timestamp order
+    "stamped.mkv": B_FRAMES,  # raw stream remuxed with timestamps in decode order
+    "open.mp4": OPEN_GOP,  # frames decoded after a keyframe but shown before it: decord's seeks missed
+    "open.mkv": OPEN_GOP,
+    "closed.ts": B_FRAMES,  # no index: decord misnumbered even sequential reads
+}
+
+
+def _remux_with_decode_order_timestamps(source: Path, target: Path) -> None:
+    """Copy `source`'s packets into `target`, stamped 0, 1, 2... in decode order (as tools that remux a
+    raw H.264 stream do): the decoder then outputs frames whose timestamps are out of order."""
+    from fractions import Fraction
+
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for k, packet in enumerate(p for p in src.demux(video=0) if p.size):
+            packet.pts = packet.dts = k
+            packet.time_base, packet.stream = Fraction(1, 25), out
+            dst.mux(packet)
+
+
+@pytest.mark.parametrize("name", REORDERED)
+def test_one_frame_numbering_in_presentation_order_where_decode_order_differs(tmp_path: Path,
+                                                                             name: str) -> None:
+    """PyAV (seeking or not), decord (or "auto", which reads with PyAV what decord refuses) and the
+    codec analysis all number frames in presentation order, whatever the container's timestamps."""
+    from tasks.codec import CodecConfig, analyse
+
+    path = tmp_path / name
+    if name == "stamped.mkv":
+        _write(tmp_path / "raw.h264", "libx264", REORDERED[name])
+        _remux_with_decode_order_timestamps(tmp_path / "raw.h264", path)
+    else:
+        _write(path, "libx264", REORDERED[name])
+    with av.open(str(path)) as c:
+        types = [f.pict_type for f in c.decode(video=0)]
+    assert types.count(PictureType.B) >= 20  # presentation order differs from decode order throughout
+
+    def index_of(frames: np.ndarray) -> np.ndarray:
+        return np.rint(frames[:, 4:12, 4:12].astype(float).mean(axis=(1, 2, 3)) / 6).astype(int)
+
+    readers = [PyAVReader(path), open_video(path)]
+    if name.endswith(".ts"):
+        with pytest.raises(VideoDecodeError, match="decord misnumbers the frames of mpegts"):
+            DecordReader(path)
+        assert isinstance(readers[1], PyAVReader)
+    else:
+        readers.append(DecordReader(path))
+    indices = [37, 2, 24, 25, 26, 11, 39, 0, 13, 14, 15, 5]  # across keyframes, backwards too
+    for reader in readers:
+        assert reader.num_frames == 40
+        assert index_of(reader.get_frames(indices)).tolist() == indices, type(reader).__name__
+    maps, pixels = analyse(path, CodecConfig(num_frames=16), keep=lambda f: f.to_ndarray(format="rgb24"))
+    assert index_of(np.stack(pixels)).tolist() == maps.frame_indices.tolist()
 
 
 def test_decord_misreads_narrow_frames_and_auto_redoes_the_read_with_pyav(tmp_path: Path) -> None:
