@@ -34,6 +34,7 @@ from probe import distributed
 from probe.files import atomic_write, atomic_write_text, read_json
 from tasks.clip import SampledClip
 from tasks.dataset import SkippedClip
+from tasks.video import VideoDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -430,9 +431,12 @@ class _ClipViews(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> tuple[int, list[SampledClip] | SkippedClip]:
+    def __getitem__(self, index: int) -> tuple[int, list[SampledClip] | SkippedClip | VideoDecodeError]:
         clip = self.clips[index]
-        out = self.sample_views(clip)
+        try:
+            out = self.sample_views(clip)
+        except VideoDecodeError as err:  # raised by the main process: from a worker it would be a traceback
+            return index, err
         if isinstance(out, SkippedClip):
             return index, out
         out = list(out)
@@ -592,6 +596,8 @@ def _extract_shards(
         waited = time.perf_counter()
         for index, views in loader:
             stats.wait_s += time.perf_counter() - waited
+            if isinstance(views, VideoDecodeError):
+                raise views
             k = index // shard_size
             if writer is None:
                 members = clips[k * shard_size : (k + 1) * shard_size]

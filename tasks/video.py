@@ -37,6 +37,9 @@ class VideoDecodeError(RuntimeError):
         self.path = Path(path)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # picklable, so it can leave a worker process
+        return type(self), (self.path, self.reason)
+
 
 UNREADABLE = ("FFmpeg finds no video container in it: not a video, or damaged (an MP4 cut short loses "
               "its index); re-encode or re-download it")

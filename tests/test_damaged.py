@@ -1,0 +1,76 @@
+"""Nothing silently wrong under damaged data and faults: damaged copies of real clips, damaged feature
+shards, clips that vanish for one run, hand-written list files, full disks and two runs at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import fixtures_dir
+from test_run import small
+
+from probe.run import run
+from tasks import VideoDecodeError
+
+SIZE = (160, 120)
+
+
+def _encode(path: Path, frames: list[np.ndarray], faststart: bool = False) -> Path:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format="mp4", options=options) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def cup(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight 32-frame clips cut from the fixture `cup.mp4` (160x120), a copy of one with 1 KB of its
+    media data overwritten, and a faststart copy (index first) cut in the middle of its media data."""
+    folder = tmp_path_factory.mktemp("cup")
+    with av.open(str(fixtures_dir() / "videos" / "cup.mp4")) as source:
+        decoded = source.decode(video=0)
+        frames = [next(decoded).reformat(*SIZE).to_ndarray(format="rgb24") for _ in range(200)]
+    for i in range(8):
+        _encode(folder / f"cup{i}.mp4", frames[i * 24 : i * 24 + 32], faststart=i == 0)
+    data = bytearray((folder / "cup0.mp4").read_bytes())
+    media = data.find(b"mdat") + 4
+    middle = (media + len(data)) // 2
+    data[middle : middle + 1024] = np.random.default_rng(0).integers(0, 256, 1024, np.uint8).tobytes()
+    (folder / "damaged.mp4").write_bytes(data)
+    (folder / "cut.mp4").write_bytes((folder / "cup0.mp4").read_bytes()[:middle])
+    return folder
+
+
+def list_task(folder: Path, train: list[str], test: list[str], *extra: str) -> list[str]:
+    """Overrides for `task=list` over `folder` (labels alternate 0, 1)."""
+    for split, names in (("train", train), ("test", test)):
+        (folder / f"{split}.txt").write_text("".join(f"{n} {i % 2}\n" for i, n in enumerate(names)))
+    return ["task=list", f"task.args.splits.train={folder / 'train.txt'}",
+            f"task.args.splits.test={folder / 'test.txt'}", *extra]
+
+
+CODEC = ("sampling=codec", "sampling.frames_equiv=2", "sampling.args.num_frames=16")
+
+
+def test_damaged_mp4s_under_codec_sampling_are_skipped_or_named(tmp_path: Path, cup: Path) -> None:
+    train = [f"cup{i}.mp4" for i in range(6)] + ["damaged.mp4", "cut.mp4"]
+    test = ["cup6.mp4", "damaged.mp4", "cup7.mp4", "cut.mp4"]
+    task = list_task(cup, train, test)
+    record = run(small(tmp_path, *task, *CODEC, "on_bad_clip=skip", "num_workers=1"))
+    for split in ("train", "eval"):
+        skipped = record["skipped_clips"][split]
+        assert sorted(skipped) == ["cut.mp4", "damaged.mp4"]
+        for name, reason in skipped.items():
+            assert reason.startswith(f"cannot decode video {cup / name}: ")
+            assert "Invalid data found" in reason
+    assert record["data"]["train_clips"] == 6 and record["data"]["eval_clips"] == 2
+
+    with pytest.raises(VideoDecodeError, match=r"damaged\.mp4: .*set on_bad_clip='skip'") as caught:
+        run(small(tmp_path / "strict", *task, *CODEC, "on_bad_clip=error", "num_workers=1"))
+    assert "DataLoader worker" not in str(caught.value) and "\n" not in str(caught.value)
