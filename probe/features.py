@@ -343,7 +343,10 @@ def _plan(
     path.mkdir(parents=True, exist_ok=True)
     shard_size = _layout(path, key, shard_size, num_clips)
     num_shards = -(-num_clips // shard_size)
-    todo = [k for k in range(num_shards) if _valid_sidecar(path, k, verify) is None]
+    todo = [
+        k for k in range(num_shards)
+        if _valid_sidecar(path, k, verify) is None or not _sound_shard(path, k, key.dtype)
+    ]
     manifest = read_json(path / MANIFEST)
     if manifest is not None and not todo:
         return shard_size, num_shards, todo, True
@@ -404,6 +407,37 @@ def _valid_sidecar(path: Path, index: int, verify: bool) -> dict[str, Any] | Non
             sidecar.unlink()
             return None
     return meta
+
+
+def _sound_shard(path: Path, index: int, dtype: str, chunk: int = 1 << 24) -> bool:
+    """Whether a written shard's tokens are all finite and its lengths fit its token axis; if not, its
+    sidecar is removed (the shard is recomputed). Always on: a scan is far cheaper than the sha256 of
+    `verify`, and one flipped value (NaN) would otherwise train every probe on NaN without a word."""
+    try:
+        problem = _shard_problem(_load_shard_arrays(path, index, mmap=True), CODECS[dtype], chunk)
+    except (OSError, ValueError) as err:
+        problem = f"cannot be read ({err})"
+    if problem is None:
+        return True
+    log.warning("feature store %s: shard %d %s (damaged on disk?); recomputing it", path, index, problem)
+    (path / _shard_name(index, "json")).unlink(missing_ok=True)
+    return False
+
+
+def _shard_problem(arrays: dict[str, np.ndarray], codec: Codec, chunk: int) -> str | None:
+    tokens, lengths = arrays["tokens"], arrays["lengths"]
+    flat = tokens.reshape(-1)
+    if not all(_finite(flat[i : i + chunk], codec) for i in range(0, flat.size, chunk)):
+        return "holds NaN or infinite tokens"
+    if lengths.size and (lengths.min() < 0 or lengths.max() > tokens.shape[2]):
+        return f"has token counts outside 0..{tokens.shape[2]}"
+    return None
+
+
+def _finite(values: np.ndarray, codec: Codec) -> bool:
+    if codec.disk_dtype is np.int16:  # bfloat16 bits: an exponent of all ones is inf or NaN
+        return bool(((values.view(np.uint16) & 0x7F80) != 0x7F80).all())
+    return bool(np.isfinite(values).all())
 
 
 def _load_shard_arrays(path: Path, index: int, mmap: bool) -> dict[str, np.ndarray]:

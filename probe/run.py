@@ -321,6 +321,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from backbones.weights import CheckpointError
     from probe.files import DiskFullError
     from probe.record import ResultsDirError, RunExistsError
+    from probe.train import NonFiniteLossError
     from tasks import AnnotationError, VideoDecodeError
 
     return (
@@ -332,6 +333,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         AnnotationError,
         VideoDecodeError,
         DiskFullError,
+        NonFiniteLossError,
     )
 
 

@@ -274,6 +274,7 @@ def train_probe_grid(
         for epoch in range(done, recipe.epochs):
             t0 = time.perf_counter()
             losses = _train_epoch(grid, train, train_idx, recipe, epoch, device, bar)
+            _check_finite(losses, specs, train, epoch + 1)
             for spec, model, stats in zip(
                 specs,
                 grid.heads,
@@ -362,6 +363,23 @@ def _train_epoch(
             scheduler.step()
         bar.update(1)
     return (distributed.all_reduce_sum(sums) / len(order)).tolist()
+
+
+class NonFiniteLossError(RuntimeError):
+    """A probe's training loss became NaN or infinite: its numbers would mean nothing."""
+
+
+def _check_finite(losses: list[float], specs: list[ProbeSpec], train: Features, epoch: int) -> None:
+    """Stop the run at the first epoch whose mean training loss is not finite for some probe."""
+    bad = [f"{s.name} ({loss})" for s, loss in zip(specs, losses, strict=True) if not math.isfinite(loss)]
+    if bad:
+        store = getattr(train, "path", None)
+        where = f"the feature store {store}" if store else f"features {train.fingerprint}"
+        raise NonFiniteLossError(
+            f"the training loss of probe {', '.join(bad)} is not finite in epoch {epoch}, on {where}: "
+            "the stored tokens may hold NaN or inf (delete that folder to recompute it), or the learning "
+            "rate is too high for these features; nothing of this epoch is saved"
+        )
 
 
 def _sum_gradients(heads: list[AttentiveProbe]) -> None:

@@ -8,10 +8,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from conftest import fixtures_dir
+from test_features import CountingBackbone, _all_pairs, _extract
 from test_run import small
+from test_train import FAST, FRAMES, TIMED, temporal_order_features
 
 from probe.run import run
+from probe.train import NonFiniteLossError, train_probe_grid
 from tasks import VideoDecodeError
 
 SIZE = (160, 120)
@@ -74,3 +78,34 @@ def test_damaged_mp4s_under_codec_sampling_are_skipped_or_named(tmp_path: Path, 
     with pytest.raises(VideoDecodeError, match=r"damaged\.mp4: .*set on_bad_clip='skip'") as caught:
         run(small(tmp_path / "strict", *task, *CODEC, "on_bad_clip=error", "num_workers=1"))
     assert "DataLoader worker" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ---- damaged feature shards -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_nan_written_into_a_stored_shard_is_found_and_the_shard_recomputed(
+    tmp_path: Path, dtype: str, caplog
+) -> None:
+    backbone = CountingBackbone()
+    first = _all_pairs(_extract(backbone, tmp_path, dtype=dtype))[2].tokens
+    (store,) = tmp_path.iterdir()
+    tokens = np.load(store / "shard_00001.tokens.npy", mmap_mode="r+")  # same size, one value changed
+    tokens[2, 1, 3, 4] = np.float16("nan") if dtype == "float16" else np.int16(0x7FC0)
+    tokens.flush()
+    del tokens
+
+    backbone.encoded = 0
+    reread = _extract(backbone, tmp_path, dtype=dtype, verify=False)  # the run's default
+    assert backbone.encoded == 4 * 2  # shard 1 only: 4 clips x 2 views
+    assert f"feature store {store}: shard 1 holds NaN or infinite tokens" in caplog.text
+    assert torch.equal(_all_pairs(reread)[2].tokens, first)
+
+
+def test_a_probe_whose_loss_is_not_finite_stops_the_run_naming_the_features() -> None:
+    train = temporal_order_features(40, views=1, seed=3)
+    train.tokens[5, 0, 1, 2] = np.nan
+    test = temporal_order_features(10, views=1, seed=4)
+    with pytest.raises(NonFiniteLossError, match=rf"lr=.* \(nan\) is not finite in epoch 1, on features "
+                       rf"{train.fingerprint}: the stored tokens may hold NaN"):
+        train_probe_grid(train, test, FRAMES, TIMED, FAST, progress=False)
