@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -197,6 +198,7 @@ class FeatureStore:
         # Clips skipped at extraction (on_bad_clip=skip) stay in their shards with no tokens; the store
         # shows only usable clips, so index i here is the i-th usable clip.
         self.skipped: dict[str, str] = {c: r for s in m["shards"] for c, r in s.get("skipped", {}).items()}
+        self.unreadable: list[str] = [c for s in m["shards"] for c in s.get("retry", [])]  # of `skipped`
         all_ids = [c for s in m["shards"] for c in s["clips"]]
         self._all_labels = np.asarray([y for s in m["shards"] for y in s["labels"]], dtype=np.int64)
         self._rows = np.asarray([i for i, c in enumerate(all_ids) if c not in self.skipped], dtype=np.int64)
@@ -205,6 +207,7 @@ class FeatureStore:
         self.labels = self._all_labels[self._rows]
         self._shards: dict[int, ArrayFeatures] = {}
         self.extraction = ExtractStats()  # filled by `extract_features` when it computed shards
+        self.retried: list[str] = []  # clips skipped as missing or unreadable before, tried again now
 
     def shard(self, index: int) -> ArrayFeatures:
         if index not in self._shards:
@@ -317,8 +320,9 @@ def extract_features(
     path = Path(root) / key.dirname()
     # Process 0 checks what exists (and removes what fails); each process extracts its share of the
     # missing shards; process 0 commits the manifest once every shard is there.
-    shard_size, num_shards, todo, complete = distributed.on_main(
-        lambda: _plan(path, key, shard_size, len(clips), verify)
+    paths = {c.clip_id: getattr(c, "path", None) for c in clips}
+    shard_size, num_shards, todo, complete, retried = distributed.on_main(
+        lambda: _plan(path, key, shard_size, len(clips), verify, lambda c: _readable(paths.get(c)))
     )
     if complete:
         return FeatureStore(path)
@@ -333,27 +337,41 @@ def extract_features(
     distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
     store = FeatureStore(path)
     store.extraction = stats
+    store.retried = retried
     return store
 
 
 def _plan(
-    path: Path, key: StoreKey, shard_size: int, num_clips: int, verify: bool
-) -> tuple[int, int, list[int], bool]:
-    """(shard size, number of shards, shards to compute, whether the store is complete and valid)."""
+    path: Path, key: StoreKey, shard_size: int, num_clips: int, verify: bool, readable: Callable[[str], bool]
+) -> tuple[int, int, list[int], bool, list[str]]:
+    """(shard size, number of shards, shards to compute, whether the store is complete and valid, clips
+    to try again: skipped as missing or unreadable, and `readable` now)."""
     path.mkdir(parents=True, exist_ok=True)
     shard_size = _layout(path, key, shard_size, num_clips)
     num_shards = -(-num_clips // shard_size)
-    todo = [
-        k for k in range(num_shards)
-        if _valid_sidecar(path, k, verify) is None or not _sound_shard(path, k, key.dtype)
-    ]
+    failed, again_shards, retried = [], [], []
+    for k in range(num_shards):
+        meta = _valid_sidecar(path, k, verify)
+        if meta is None or not _sound_shard(path, k, key.dtype):
+            failed.append(k)
+        elif again := [c for c in meta.get("retry", []) if readable(c)]:
+            log.warning("feature store %s: clips %s were missing or unreadable when shard %d was made and "
+                        "can be read now; recomputing the shard", path, again, k)
+            (path / _shard_name(k, "json")).unlink()
+            again_shards.append(k)
+            retried += again
+    todo = sorted(failed + again_shards)
     manifest = read_json(path / MANIFEST)
     if manifest is not None and not todo:
-        return shard_size, num_shards, todo, True
-    if manifest is not None:
-        log.warning("feature store %s: shards %s fail their checksum; recomputing them", path, todo)
+        return shard_size, num_shards, todo, True, retried
+    if manifest is not None and failed:
+        log.warning("feature store %s: shards %s fail their checks; recomputing them", path, failed)
     (path / MANIFEST).unlink(missing_ok=True)
-    return shard_size, num_shards, todo, False
+    return shard_size, num_shards, todo, False, retried
+
+
+def _readable(video: str | Path | None) -> bool:
+    return video is not None and Path(video).is_file() and os.access(video, os.R_OK)
 
 
 def _layout(path: Path, key: StoreKey, shard_size: int, num_clips: int) -> int:
@@ -510,6 +528,7 @@ class _ShardWriter:
         self.positions: list[list[Any]] = [[None] * views for _ in clips]
         self.pending: list[tuple[int, int, SampledClip]] = []
         self.skipped: dict[str, str] = {}
+        self.retry: list[str] = []  # skipped as missing or unreadable: later runs try them again
         self.received = 0
         self.device = next(backbone.parameters(), torch.empty(0)).device
 
@@ -519,6 +538,8 @@ class _ShardWriter:
         if isinstance(views, SkippedClip):
             self.stats.skipped += 1
             self.skipped[views.clip_id] = views.reason
+            if views.transient:
+                self.retry.append(views.clip_id)
             return
         self.pending.extend((slot, v, sc) for v, sc in enumerate(views))
         if len(self.pending) >= self.batch_size:
@@ -585,6 +606,7 @@ class _ShardWriter:
             "num_tokens": n,
             "temporal_extent": int(positions[..., 0][real].max(initial=-1)) + 1,
             "skipped": self.skipped,
+            "retry": self.retry,
             "files": files,
         }
         atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar), _kept(self.path))

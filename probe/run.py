@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -26,7 +27,15 @@ from hydra.experimental.callback import Callback
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
 from probe.features import FeatureStore, extract_features
-from probe.record import RunSlot, check_writable, claim_run, git_commit, versions, write_record
+from probe.record import (
+    RunSlot,
+    check_writable,
+    claim_run,
+    git_commit,
+    read_record,
+    versions,
+    write_record,
+)
 from probe.results import format_table, record_row
 from probe.train import GridResult, HeadConfig, Recipe, train_probe_grid
 from tasks import (
@@ -186,6 +195,28 @@ def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore)
     return HeadConfig(**head, temporal_slots=backbone.temporal_slots or store.temporal_extent)
 
 
+def _readable_again(record: dict[str, Any]) -> list[str]:
+    """Clips the run skipped as missing or unreadable that are files now."""
+    paths = [p for split in record.get("unreadable_clips", {}).values() for p in split.values()]
+    return [p for p in paths if Path(p).is_file()]
+
+
+def _claim(config: dict[str, Any]) -> RunSlot:
+    """`claim_run`, except that a finished run that skipped clips as missing or unreadable, some of which
+    can be read now, is not reused: it runs again under a new id (or the last such rerun is reused)."""
+    slot = claim_run(config["results_dir"], config, config["on_existing"])
+    if slot.existing is None or not (back := _readable_again(slot.existing)):
+        return slot
+    fresh = claim_run(config["results_dir"], config, "new")
+    last = fresh.path.with_name(re.sub(r"-r(\d+)$", lambda m: f"-r{int(m[1]) - 1}", fresh.run_id))
+    previous = read_record(last)
+    if previous is not None and not _readable_again(previous):
+        return RunSlot(last.name, last, previous)
+    log.warning("%s skipped %d clips as missing or unreadable that can be read now (e.g. %s); running "
+                "again as %s", slot.path, len(back), back[0], fresh.run_id)
+    return fresh
+
+
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration end to end and return its record (stored or reused).
 
@@ -197,9 +228,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     device = distributed.init(resolve_device(config["device"]))
     distributed.on_main(lambda: check_writable(config["results_dir"]))
     check_writable(Path(config["cache_dir"]).expanduser(), "cache folder", "cache_dir")  # every node's view
-    slot: RunSlot = distributed.on_main(
-        lambda: claim_run(config["results_dir"], config, config["on_existing"])
-    )
+    slot: RunSlot = distributed.on_main(lambda: _claim(config))
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)
         return slot.existing
@@ -278,6 +307,18 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             "tokens_per_clip": eval_store.num_tokens,
         },
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
+        # Clips an earlier run skipped as missing or unreadable and this one tried again (those still
+        # unreadable stay in skipped_clips).
+        "retried_clips": {"train": train_store.retried, "eval": eval_store.retried},
+        # Skipped clips that were missing or unreadable (not damaged), by path: while any is readable
+        # again, this record is not reused (on_existing=reuse runs again under a new id).
+        "unreadable_clips": {
+            name: {c.clip_id: str(c.path) for c in task.clips(split) if c.clip_id in store.unreadable}
+            for name, split, store in (
+                ("train", config["task"]["train_split"], train_store),
+                ("eval", config["task"]["eval_split"], eval_store),
+            )
+        },
         # Annotation records dropped under on_bad_record=skip, with the file, line and reason of each.
         "skipped_records": {
             "train": task.skipped.get(config["task"]["train_split"], []),

@@ -16,6 +16,7 @@ Rules every reader follows:
 
 from __future__ import annotations
 
+import errno
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +40,23 @@ class VideoDecodeError(RuntimeError):
 
     def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # picklable, so it can leave a worker process
         return type(self), (self.path, self.reason)
+
+    @property
+    def transient(self) -> bool:
+        """Whether the file is missing or could not be read (a network file system's hiccup, permissions)
+        rather than damaged: worth trying again later. Ask where it was raised (the cause is not pickled)."""
+        if not self.path.is_file():
+            return True
+        err: BaseException | None = self.__cause__
+        while err is not None:
+            if isinstance(err, OSError) and err.errno in _UNREADABLE_ERRNOS:
+                return True
+            err = err.__cause__ or err.__context__
+        return False
+
+
+_UNREADABLE_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ETIMEDOUT,
+                      errno.EAGAIN, errno.EBUSY}
 
 
 UNREADABLE = ("FFmpeg finds no video container in it: not a video, or damaged (an MP4 cut short loses "

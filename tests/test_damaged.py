@@ -3,6 +3,7 @@ shards, clips that vanish for one run, hand-written list files, full disks and t
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import av
@@ -14,6 +15,7 @@ from test_features import CountingBackbone, _all_pairs, _extract
 from test_run import small
 from test_train import FAST, FRAMES, TIMED, temporal_order_features
 
+import probe.run
 from probe.run import run
 from probe.train import NonFiniteLossError, train_probe_grid
 from tasks import VideoDecodeError
@@ -109,3 +111,34 @@ def test_a_probe_whose_loss_is_not_finite_stops_the_run_naming_the_features() ->
     with pytest.raises(NonFiniteLossError, match=rf"lr=.* \(nan\) is not finite in epoch 1, on features "
                        rf"{train.fingerprint}: the stored tokens may hold NaN"):
         train_probe_grid(train, test, FRAMES, TIMED, FAST, progress=False)
+
+
+# ---- clips missing for one run --------------------------------------------------------------------------
+
+
+def test_a_clip_missing_for_one_run_is_encoded_once_back(tmp_path: Path, cup: Path, monkeypatch) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(cup, data)
+    task = list_task(data, [f"cup{i}.mp4" for i in range(6)], ["cup6.mp4", "cup7.mp4"])
+    missing, away = data / "cup3.mp4", tmp_path / "away.mp4"
+    extract = probe.run.extract
+
+    def file_system_hiccup(config, backbone, task, split, sampler, train):  # after the list was read
+        if train:
+            task.clips(split)
+            missing.rename(away)
+        return extract(config, backbone, task, split, sampler, train)
+
+    monkeypatch.setattr(probe.run, "extract", file_system_hiccup)
+    first = run(small(tmp_path, *task))
+    assert first["skipped_clips"]["train"] == {"cup3.mp4": f"cannot decode video {missing}: no such file"}
+    assert first["unreadable_clips"]["train"] == {"cup3.mp4": str(missing)}
+    assert first["data"]["train_clips"] == 5
+
+    monkeypatch.setattr(probe.run, "extract", extract)
+    away.rename(missing)
+    again = run(small(tmp_path, *task))  # on_existing=reuse: not while a skipped clip is readable again
+    assert again["run_id"] == first["run_id"] + "-r2"
+    assert again["retried_clips"] == {"train": ["cup3.mp4"], "eval": []}
+    assert again["skipped_clips"] == {"train": {}, "eval": {}} and again["data"]["train_clips"] == 6
+    assert run(small(tmp_path, *task))["run_id"] == again["run_id"]  # nothing to retry: reused
