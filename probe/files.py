@@ -27,14 +27,18 @@ def _size(n: int) -> str:
     return f"{n / 2 ** (10 * unit):.1f} {('bytes', 'KiB', 'MiB', 'GiB')[unit]}"
 
 
-def _disk_full_message(path: Path, kept: str, needed: int | None) -> str:
+# No room: a full disk, a full quota, or a file-size limit (ulimit -f)
+NO_ROOM = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit hit"}
+
+
+def _disk_full_message(path: Path, kept: str, needed: int | None, why: str = NO_ROOM[errno.ENOSPC]) -> str:
     folder = next((p for p in path.parents if p.exists()), path.parent)
     try:
         free = f"{_size(shutil.disk_usage(folder).free)} free"
     except OSError:
         free = "free space unknown"
     need = "" if needed is None else f", about {_size(needed)} needed"
-    parts = (f"disk full writing {path} ({free} in {folder}{need}).", kept, "Free some space and run again.")
+    parts = (f"{why} writing {path} ({free} in {folder}{need}).", kept, "Free some space and run again.")
     return " ".join(p for p in parts if p)
 
 
@@ -44,8 +48,8 @@ def disk_full_names(path: Path, kept: str = "", needed: int | None = None) -> It
     try:
         yield
     except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise DiskFullError(_disk_full_message(path, kept, needed)) from err
+        if err.errno in NO_ROOM:
+            raise DiskFullError(_disk_full_message(path, kept, needed, NO_ROOM[err.errno])) from err
         raise
 
 

@@ -28,6 +28,7 @@ from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
 from probe.features import FeatureStore, extract_features
 from probe.record import (
+    ResultsDirError,
     RunSlot,
     check_writable,
     claim_run,
@@ -324,6 +325,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             "train": task.skipped.get(config["task"]["train_split"], []),
             "eval": task.skipped.get(config["task"]["eval_split"], []),
         },
+        # Doubts about the annotations that did not stop the run (e.g. videos in both splits, with counts).
+        "task_warnings": task.warnings,
         "metrics": result.to_dict(),
         "timings": timings,
         "processes": {"world_size": distributed.world_size(), "backend": distributed.backend()},
@@ -337,6 +340,20 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         return written
 
     return distributed.on_main(finish)
+
+
+class CheckResultsDir(Callback):
+    """Hydra callback: a results_dir that cannot be written or is full stops the invocation with ovprobe's
+    message before Hydra writes its own files there (and fails with an OSError of its own)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if distributed.launch_from_env().rank == 0:
+            try:
+                check_writable(config.results_dir)
+            except ResultsDirError as err:
+                raise SystemExit(f"ovprobe: {err}") from err
+
+    on_multirun_start = on_run_start
 
 
 class PrintSummary(Callback):

@@ -21,6 +21,7 @@ the same (probe, epoch). Process 0 writes the checkpoint; all read it on resume.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -498,7 +499,12 @@ def _save_checkpoint(
         if epoch > 1
         else "No earlier epoch is saved: the next run trains the probes from the start (features are kept)."
     )
-    atomic_write(path, lambda f: torch.save(state, f), kept)
+    # Serialised in memory first: torch's zip writer turns a full disk into an opaque RuntimeError, a plain
+    # write keeps it an OSError that `atomic_write` names as a DiskFullError.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    atomic_write(path, lambda f: f.write(data), kept, len(data))
 
 
 def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any] | None:

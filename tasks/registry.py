@@ -56,6 +56,7 @@ class Task(ABC):
         self.classes = list(classes)
         self.on_bad_record = check_policy(on_bad_record, "on_bad_record")
         self.skipped: dict[str, list[str]] = {}
+        self.warnings: list[str] = []  # doubts about the annotations that do not stop a run; recorded
         self._clips: dict[str, list[Clip]] = {}
 
     @property
@@ -102,6 +103,8 @@ class Task(ABC):
             return f"clip id {clip.clip_id!r} repeats {first}; each clip may appear once per split"
         if self.video_folder is not None and not _inside(clip.path, self.video_folder):
             return f"video path {clip.path} leads outside the video folder {self.video_folder}"
+        if clip.path.is_dir():
+            return f"video {clip.path} is a folder, not a video file"
         if not clip.path.is_file():
             return f"video {clip.path} not found"
         return None

@@ -69,6 +69,8 @@ class VideoReader(ABC):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._num_frames = 0
+        if self.path.is_dir():
+            raise VideoDecodeError(self.path, "a folder, not a video file")
         if not self.path.is_file():
             raise VideoDecodeError(self.path, "no such file")
         if self.path.stat().st_size == 0:

@@ -3,8 +3,16 @@ shards, clips that vanish for one run, hand-written list files, full disks and t
 
 from __future__ import annotations
 
+import re
+import resource
 import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -15,10 +23,12 @@ from test_features import CountingBackbone, _all_pairs, _extract
 from test_run import small
 from test_train import FAST, FRAMES, TIMED, temporal_order_features
 
+import probe.record
 import probe.run
-from probe.run import run
+from probe.files import DiskFullError
+from probe.run import compose_config, run
 from probe.train import NonFiniteLossError, train_probe_grid
-from tasks import VideoDecodeError
+from tasks import AnnotationError, VideoDecodeError, create_task
 
 SIZE = (160, 120)
 
@@ -142,3 +152,119 @@ def test_a_clip_missing_for_one_run_is_encoded_once_back(tmp_path: Path, cup: Pa
     assert again["retried_clips"] == {"train": ["cup3.mp4"], "eval": []}
     assert again["skipped_clips"] == {"train": {}, "eval": {}} and again["data"]["train_clips"] == 6
     assert run(small(tmp_path, *task))["run_id"] == again["run_id"]  # nothing to retry: reused
+
+
+# ---- list files written by hand -------------------------------------------------------------------------
+
+TEST = b"c.mp4 0\nd.mp4 1\n"
+BOM = b"\xef\xbb\xbf"
+# case: (train list, test list, classes file, expected: an error's regex, or what the task holds)
+LIST_MISTAKES = {
+    "numeric class names are names": (b"a.mp4 20\nb.mp4 10\n", b"c.mp4 10\n", b"10\n20\n",
+                                      {"labels": [1, 0]}),
+    "numeric class names, an index label": (
+        b"a.mp4 20\nb.mp4 1\n", b"c.mp4 10\n", b"10\n20\n",
+        r"train.txt line 2: label '1' is neither .* nor a class name \(class names are numbers here"),
+    "a typo label without classes": (
+        b"a.mp4 0\nb.mp4 1\nb2.mp4 99\n", TEST, None,
+        r"train.txt line 3: label 99 leaves 97 class\(es\) without any clip \(e.g. 2\)"),
+    "labels from 1": (b"a.mp4 1\nb.mp4 2\n", b"c.mp4 1\nd.mp4 2\n", None,
+                      r"labels count from 1 \(no clip has label 0, e.g. .*train.txt line 1\)"),
+    "a class named twice": (b"a.mp4 cat\n", TEST, b"cat\ndog\ncat\n",
+                            r"classes.txt line 3: class name 'cat' repeats .*classes.txt line 1"),
+    "one file twice": (b"a.mp4 0\n./a.mp4 1\nb.mp4 1\n", TEST, None,
+                       r"train.txt line 2: video ./a.mp4 is a.mp4 of .*train.txt line 1 again"),
+    "train and test overlap": (
+        b"a.mp4 0\nb.mp4 1\n", b"c.mp4 0\na.mp4 0\nd.mp4 1\n", None,
+        {"warning": r"^1 of 3 test clips \(.*test.txt\) are also in train .* e.g. a.mp4"}),
+    "a byte-order mark": (b"a.mp4 cat\nb.mp4 dog\n", BOM + b"c.mp4 dog\n", BOM + b"cat\ndog\n",
+                          {"labels": [0, 1], "classes": ["cat", "dog"]}),
+    "a latin-1 byte": (b"a.mp4 0\nb\xe9.mp4 1\n", TEST, None,
+                       r"list file .*train.txt line 2: byte 0xe9 at column 2 is not UTF-8"),
+    "a path outside the data": (
+        b"a.mp4 0\n../../etc/hostname 1\n", TEST, None,
+        r"train.txt line 2: video path ../../etc/hostname leads outside the list file's folder"),
+    "an empty list": (b"\n\n", TEST, None, r"list file .*train.txt is empty"),
+    "a folder named x.mp4": (b"a.mp4 0\nx.mp4 1\n", TEST, None,
+                             r"train.txt line 2 \(clip x.mp4\): video .*x.mp4 is a folder, not a video file"),
+}
+
+
+@pytest.mark.parametrize("case", LIST_MISTAKES)
+def test_list_file_mistakes_are_named_or_recorded(tmp_path: Path, case: str) -> None:
+    train, test, classes, expected = LIST_MISTAKES[case]
+    for name in ("a", "b", "b2", "c", "d"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"video")
+    (tmp_path / "x.mp4").mkdir()
+    (tmp_path / "train.txt").write_bytes(train)
+    (tmp_path / "test.txt").write_bytes(test)
+    if classes is not None:
+        (tmp_path / "classes.txt").write_bytes(classes)
+
+    def clips():
+        task = create_task("list", splits={"train": tmp_path / "train.txt", "test": tmp_path / "test.txt"},
+                           classes=None if classes is None else tmp_path / "classes.txt")
+        return task, task.clips("train"), task.clips("test")
+
+    if isinstance(expected, str):
+        with pytest.raises(AnnotationError, match=expected):
+            clips()
+        return
+    task, train_clips, _ = clips()
+    assert [c.label for c in train_clips] == expected.get("labels", [c.label for c in train_clips])
+    assert task.classes == expected.get("classes", task.classes)
+    assert len(task.warnings) == ("warning" in expected)
+    if "warning" in expected:
+        assert re.search(expected["warning"], task.warnings[0])
+
+
+def test_video_root_is_a_declared_list_option(tmp_path: Path) -> None:
+    config = compose_config(["task=list", "task.args.splits.train=a.txt", "task.args.splits.test=b.txt",
+                             f"task.args.video_root={tmp_path}"])
+    assert config["task"]["args"]["video_root"] == str(tmp_path)
+
+
+# ---- full disks -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past `limit` bytes of any file fail (EFBIG), as a full disk fails them: mid-file."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_no_room_while_writing_a_probe_checkpoint_is_a_disk_full_error(tmp_path: Path) -> None:
+    """torch's own zip writer, given the file, said `RuntimeError: [enforce fail at inline_container.cc]`."""
+    train = temporal_order_features(40, views=1, seed=3)
+    test = temporal_order_features(10, views=1, seed=4)
+    recipe = replace(FAST, lrs=(1e-2,), wds=(0.0,), epochs=2)
+    ckpt = tmp_path / "grid.pt"
+    limited = ExitStack()
+
+    def limit_after_first(epoch: int, stats) -> None:
+        limited.enter_context(file_size_limit(ckpt.stat().st_size // 2))
+
+    with limited, pytest.raises(DiskFullError, match=rf"file size limit hit writing {ckpt} .*The checkpoint "
+                                "of epoch 1 is kept; the next run resumes from it"):
+        train_probe_grid(train, test, FRAMES, TIMED, recipe, checkpoint=ckpt, on_epoch_end=limit_after_first,
+                         progress=False)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.pt"]
+
+
+def test_a_full_results_dir_fails_with_ovprobes_message_first(tmp_path: Path, monkeypatch) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(probe.record.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2**20))
+    monkeypatch.setattr(sys, "argv", ["ovprobe", f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}"])
+    full = rf"^ovprobe: results folder {results} has only 1 MiB free; free some space"
+    with pytest.raises(SystemExit, match=full):
+        probe.run.main()
+    assert list(results.iterdir()) == []  # Hydra wrote nothing there
