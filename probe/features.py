@@ -20,6 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from backbones.base import Backbone
 from probe import distributed
-from probe.files import atomic_write, atomic_write_text, read_json
+from probe.files import atomic_write, atomic_write_text, exclusive, read_json
 from tasks.clip import SampledClip
 from tasks.dataset import SkippedClip
 from tasks.video import VideoDecodeError
@@ -318,27 +319,31 @@ def extract_features(
         clips=clips_digest(clips),
     )
     path = Path(root) / key.dirname()
-    # Process 0 checks what exists (and removes what fails); each process extracts its share of the
-    # missing shards; process 0 commits the manifest once every shard is there.
-    paths = {c.clip_id: getattr(c, "path", None) for c in clips}
-    shard_size, num_shards, todo, complete, retried = distributed.on_main(
-        lambda: _plan(path, key, shard_size, len(clips), verify, lambda c: _readable(paths.get(c)))
-    )
-    if complete:
-        return FeatureStore(path)
-    mine = todo[distributed.rank() :: distributed.world_size()]
-    stats = ExtractStats()
-    if mine:
-        _extract_shards(
-            backbone, clips, sample_views, path, key, shard_size, mine, batch_size, num_workers, progress,
-            stats,
+    # Process 0 holds the store's lock (a second run writing the same store waits), checks what exists
+    # (and removes what fails); each process extracts its share of the missing shards; process 0 commits
+    # the manifest once every shard is there.
+    with ExitStack() as held:
+        lock = path / ".lock"
+        distributed.on_main(lambda: held.enter_context(exclusive(lock, f"feature store {path}", wait=True)))
+        paths = {c.clip_id: getattr(c, "path", None) for c in clips}
+        shard_size, num_shards, todo, complete, retried = distributed.on_main(
+            lambda: _plan(path, key, shard_size, len(clips), verify, lambda c: _readable(paths.get(c)))
         )
-    distributed.barrier()
-    distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
-    store = FeatureStore(path)
-    store.extraction = stats
-    store.retried = retried
-    return store
+        if complete:
+            return FeatureStore(path)
+        mine = todo[distributed.rank() :: distributed.world_size()]
+        stats = ExtractStats()
+        if mine:
+            _extract_shards(
+                backbone, clips, sample_views, path, key, shard_size, mine, batch_size, num_workers, progress,
+                stats,
+            )
+        distributed.barrier()
+        distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
+        store = FeatureStore(path)
+        store.extraction = stats
+        store.retried = retried
+        return store
 
 
 def _plan(

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from hydra.experimental.callback import Callback
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
 from probe.features import FeatureStore, extract_features
+from probe.files import exclusive
 from probe.record import (
     ResultsDirError,
     RunSlot,
@@ -34,6 +36,7 @@ from probe.record import (
     claim_run,
     git_commit,
     read_record,
+    run_id,
     versions,
     write_record,
 )
@@ -222,13 +225,21 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration end to end and return its record (stored or reused).
 
     Under torchrun or srun every process calls this (see `probe.distributed`): they share the feature
-    extraction and the probe training, and process 0 alone claims the run id and writes the record.
+    extraction and the probe training, and process 0 alone claims the run id and writes the record,
+    holding the run's lock meanwhile: a second run of the same configuration is refused while it runs.
     """
+    with ExitStack() as held:
+        return _run(config, held)
+
+
+def _run(config: dict[str, Any], held: ExitStack) -> dict[str, Any]:
     started = time.perf_counter()
     check_config(config)
     device = distributed.init(resolve_device(config["device"]))
     distributed.on_main(lambda: check_writable(config["results_dir"]))
     check_writable(Path(config["cache_dir"]).expanduser(), "cache folder", "cache_dir")  # every node's view
+    lock = Path(config["cache_dir"]).expanduser() / "probes" / f"{run_id(config)}.lock"  # by its checkpoints
+    distributed.on_main(lambda: held.enter_context(exclusive(lock, f"run {run_id(config)}", wait=False)))
     slot: RunSlot = distributed.on_main(lambda: _claim(config))
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)
@@ -377,7 +388,7 @@ class PrintSummary(Callback):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from backbones.registry import UnknownBackboneError
     from backbones.weights import CheckpointError
-    from probe.files import DiskFullError
+    from probe.files import DiskFullError, InUseError
     from probe.record import ResultsDirError, RunExistsError
     from probe.train import NonFiniteLossError
     from tasks import AnnotationError, VideoDecodeError
@@ -392,6 +403,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         VideoDecodeError,
         DiskFullError,
         NonFiniteLossError,
+        InUseError,
     )
 
 

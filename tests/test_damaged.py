@@ -3,11 +3,14 @@ shards, clips that vanish for one run, hand-written list files, full disks and t
 
 from __future__ import annotations
 
+import json
 import re
 import resource
 import shutil
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -18,14 +21,15 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import fixtures_dir
+from conftest import REPO_ROOT, fixtures_dir
 from test_features import CountingBackbone, _all_pairs, _extract
-from test_run import small
+from test_run import small, small_overrides
 from test_train import FAST, FRAMES, TIMED, temporal_order_features
 
 import probe.record
 import probe.run
-from probe.files import DiskFullError
+from probe.files import DiskFullError, InUseError, exclusive
+from probe.record import run_id
 from probe.run import compose_config, run
 from probe.train import NonFiniteLossError, train_probe_grid
 from tasks import AnnotationError, VideoDecodeError, create_task
@@ -268,3 +272,34 @@ def test_a_full_results_dir_fails_with_ovprobes_message_first(tmp_path: Path, mo
     with pytest.raises(SystemExit, match=full):
         probe.run.main()
     assert list(results.iterdir()) == []  # Hydra wrote nothing there
+
+
+# ---- two runs at once -----------------------------------------------------------------------------------
+
+HOLD = """
+import json, sys, time
+import probe.train
+from probe.run import compose_config, run
+slow = probe.train._train_epoch
+probe.train._train_epoch = lambda *a, **k: time.sleep(600) or slow(*a, **k)
+run(compose_config(json.loads(sys.argv[1])))
+"""
+
+
+def test_a_second_run_of_one_run_id_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    overrides = small_overrides(tmp_path)
+    config = compose_config(overrides)
+    lock = tmp_path / "cache" / "probes" / f"{run_id(config)}.lock"
+    first = subprocess.Popen([sys.executable, "-c", HOLD, json.dumps(overrides)], cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text()) and first.poll() is None:
+            assert time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.2)
+        with pytest.raises(InUseError, match=rf"^run {run_id(config)} is in use by process {first.pid} on "):
+            run(config)
+    finally:
+        first.kill()
+        first.wait()
+    with exclusive(lock, "run", wait=False):  # a killed holder leaves no lock behind
+        pass
