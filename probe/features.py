@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,10 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from backbones.base import Backbone
 from probe import distributed
-from probe.files import atomic_write, atomic_write_text, read_json
+from probe.files import atomic_write, atomic_write_text, exclusive, read_json
 from tasks.clip import SampledClip
 from tasks.dataset import SkippedClip
 from tasks.progress import Progress, progress_bar
+from tasks.video import VideoDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,7 @@ class FeatureStore:
         self.skipped: dict[str, str] = {c: r for s in m["shards"] for c, r in s.get("skipped", {}).items()}
         # Clips whose codec exports no motion vectors: their patches were scored by residuals alone.
         self.residual_only: list[str] = [c for s in m["shards"] for c in s.get("residual_only", [])]
+        self.unreadable: list[str] = [c for s in m["shards"] for c in s.get("retry", [])]  # of `skipped`
         all_ids = [c for s in m["shards"] for c in s["clips"]]
         self._all_labels = np.asarray([y for s in m["shards"] for y in s["labels"]], dtype=np.int64)
         self._rows = np.asarray([i for i, c in enumerate(all_ids) if c not in self.skipped], dtype=np.int64)
@@ -206,6 +210,7 @@ class FeatureStore:
         self.labels = self._all_labels[self._rows]
         self._shards: dict[int, ArrayFeatures] = {}
         self.extraction = ExtractStats()  # filled by `extract_features` when it computed shards
+        self.retried: list[str] = []  # clips skipped as missing or unreadable before, tried again now
 
     def shard(self, index: int) -> ArrayFeatures:
         if index not in self._shards:
@@ -316,42 +321,64 @@ def extract_features(
         clips=clips_digest(clips),
     )
     path = Path(root) / key.dirname()
-    # Process 0 checks what exists (and removes what fails); each process extracts its share of the
-    # missing shards; process 0 commits the manifest once every shard is there.
-    shard_size, num_shards, todo, complete = distributed.on_main(
-        lambda: _plan(path, key, shard_size, len(clips), verify)
-    )
-    if complete:
-        return FeatureStore(path)
-    mine = todo[distributed.rank() :: distributed.world_size()]
-    stats = ExtractStats()
-    if mine:
-        _extract_shards(
-            backbone, clips, sample_views, path, key, shard_size, mine, batch_size, num_workers, progress,
-            stats,
+    # Process 0 holds the store's lock (a second run writing the same store waits), checks what exists
+    # (and removes what fails); each process extracts its share of the missing shards; process 0 commits
+    # the manifest once every shard is there.
+    with ExitStack() as held:
+        lock = path / ".lock"
+        distributed.on_main(lambda: held.enter_context(exclusive(lock, f"feature store {path}", wait=True)))
+        paths = {c.clip_id: getattr(c, "path", None) for c in clips}
+        shard_size, num_shards, todo, complete, retried = distributed.on_main(
+            lambda: _plan(path, key, shard_size, len(clips), verify, lambda c: _readable(paths.get(c)))
         )
-    distributed.barrier()
-    distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
-    store = FeatureStore(path)
-    store.extraction = stats
-    return store
+        if complete:
+            return FeatureStore(path)
+        mine = todo[distributed.rank() :: distributed.world_size()]
+        stats = ExtractStats()
+        if mine:
+            _extract_shards(
+                backbone, clips, sample_views, path, key, shard_size, mine, batch_size, num_workers, progress,
+                stats,
+            )
+        distributed.barrier()
+        distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
+        store = FeatureStore(path)
+        store.extraction = stats
+        store.retried = retried
+        return store
 
 
 def _plan(
-    path: Path, key: StoreKey, shard_size: int, num_clips: int, verify: bool
-) -> tuple[int, int, list[int], bool]:
-    """(shard size, number of shards, shards to compute, whether the store is complete and valid)."""
+    path: Path, key: StoreKey, shard_size: int, num_clips: int, verify: bool, readable: Callable[[str], bool]
+) -> tuple[int, int, list[int], bool, list[str]]:
+    """(shard size, number of shards, shards to compute, whether the store is complete and valid, clips
+    to try again: skipped as missing or unreadable, and `readable` now)."""
     path.mkdir(parents=True, exist_ok=True)
     shard_size = _layout(path, key, shard_size, num_clips)
     num_shards = -(-num_clips // shard_size)
-    todo = [k for k in range(num_shards) if _valid_sidecar(path, k, verify) is None]
+    failed, again_shards, retried = [], [], []
+    for k in range(num_shards):
+        meta = _valid_sidecar(path, k, verify)
+        if meta is None or not _sound_shard(path, k, key.dtype):
+            failed.append(k)
+        elif again := [c for c in meta.get("retry", []) if readable(c)]:
+            log.warning("feature store %s: clips %s were missing or unreadable when shard %d was made and "
+                        "can be read now; recomputing the shard", path, again, k)
+            (path / _shard_name(k, "json")).unlink()
+            again_shards.append(k)
+            retried += again
+    todo = sorted(failed + again_shards)
     manifest = read_json(path / MANIFEST)
     if manifest is not None and not todo:
-        return shard_size, num_shards, todo, True
-    if manifest is not None:
-        log.warning("feature store %s: shards %s fail their checksum; recomputing them", path, todo)
+        return shard_size, num_shards, todo, True, retried
+    if manifest is not None and failed:
+        log.warning("feature store %s: shards %s fail their checks; recomputing them", path, failed)
     (path / MANIFEST).unlink(missing_ok=True)
-    return shard_size, num_shards, todo, False
+    return shard_size, num_shards, todo, False, retried
+
+
+def _readable(video: str | Path | None) -> bool:
+    return video is not None and Path(video).is_file() and os.access(video, os.R_OK)
 
 
 def _layout(path: Path, key: StoreKey, shard_size: int, num_clips: int) -> int:
@@ -407,6 +434,37 @@ def _valid_sidecar(path: Path, index: int, verify: bool) -> dict[str, Any] | Non
     return meta
 
 
+def _sound_shard(path: Path, index: int, dtype: str, chunk: int = 1 << 24) -> bool:
+    """Whether a written shard's tokens are all finite and its lengths fit its token axis; if not, its
+    sidecar is removed (the shard is recomputed). Always on: a scan is far cheaper than the sha256 of
+    `verify`, and one flipped value (NaN) would otherwise train every probe on NaN without a word."""
+    try:
+        problem = _shard_problem(_load_shard_arrays(path, index, mmap=True), CODECS[dtype], chunk)
+    except (OSError, ValueError) as err:
+        problem = f"cannot be read ({err})"
+    if problem is None:
+        return True
+    log.warning("feature store %s: shard %d %s (damaged on disk?); recomputing it", path, index, problem)
+    (path / _shard_name(index, "json")).unlink(missing_ok=True)
+    return False
+
+
+def _shard_problem(arrays: dict[str, np.ndarray], codec: Codec, chunk: int) -> str | None:
+    tokens, lengths = arrays["tokens"], arrays["lengths"]
+    flat = tokens.reshape(-1)
+    if not all(_finite(flat[i : i + chunk], codec) for i in range(0, flat.size, chunk)):
+        return "holds NaN or infinite tokens"
+    if lengths.size and (lengths.min() < 0 or lengths.max() > tokens.shape[2]):
+        return f"has token counts outside 0..{tokens.shape[2]}"
+    return None
+
+
+def _finite(values: np.ndarray, codec: Codec) -> bool:
+    if codec.disk_dtype is np.int16:  # bfloat16 bits: an exponent of all ones is inf or NaN
+        return bool(((values.view(np.uint16) & 0x7F80) != 0x7F80).all())
+    return bool(np.isfinite(values).all())
+
+
 def _load_shard_arrays(path: Path, index: int, mmap: bool) -> dict[str, np.ndarray]:
     return {
         a: np.load(path / _shard_name(index, f"{a}.npy"), mmap_mode="r" if mmap else None)
@@ -432,9 +490,12 @@ class _ClipViews(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> tuple[int, list[SampledClip] | SkippedClip]:
+    def __getitem__(self, index: int) -> tuple[int, list[SampledClip] | SkippedClip | VideoDecodeError]:
         clip = self.clips[index]
-        out = self.sample_views(clip)
+        try:
+            out = self.sample_views(clip)
+        except VideoDecodeError as err:  # raised by the main process: from a worker it would be a traceback
+            return index, err
         if isinstance(out, SkippedClip):
             return index, out
         out = list(out)
@@ -475,6 +536,7 @@ class _ShardWriter:
         self.pending: list[tuple[int, int, SampledClip]] = []
         self.skipped: dict[str, str] = {}
         self.residual_only: list[str] = []
+        self.retry: list[str] = []  # skipped as missing or unreadable: later runs try them again
         self.received = 0
         self.device = next(backbone.parameters(), torch.empty(0)).device
 
@@ -484,6 +546,8 @@ class _ShardWriter:
         if isinstance(views, SkippedClip):
             self.stats.skipped += 1
             self.skipped[views.clip_id] = views.reason
+            if views.transient:
+                self.retry.append(views.clip_id)
             return
         self.pending.extend((slot, v, sc) for v, sc in enumerate(views))
         if any(sc.signals == "residual" for sc in views):
@@ -553,6 +617,7 @@ class _ShardWriter:
             "temporal_extent": int(positions[..., 0][real].max(initial=-1)) + 1,
             "skipped": self.skipped,
             "residual_only": self.residual_only,
+            "retry": self.retry,
             "files": files,
         }
         atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar), _kept(self.path))
@@ -598,6 +663,8 @@ def _extract_shards(
         waited = time.perf_counter()
         for index, views in loader:
             stats.wait_s += time.perf_counter() - waited
+            if isinstance(views, VideoDecodeError):
+                raise views
             k = index // shard_size
             if writer is None:
                 members = clips[k * shard_size : (k + 1) * shard_size]

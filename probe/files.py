@@ -9,17 +9,27 @@ space and what earlier work survives.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import logging
 import os
 import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+log = logging.getLogger(__name__)
+
 
 class DiskFullError(RuntimeError):
     """The disk filled up while writing; work finished before is kept and a rerun resumes it."""
+
+
+class InUseError(RuntimeError):
+    """Another process holds the lock of a run or a feature store being written."""
 
 
 def _size(n: int) -> str:
@@ -27,14 +37,18 @@ def _size(n: int) -> str:
     return f"{n / 2 ** (10 * unit):.1f} {('bytes', 'KiB', 'MiB', 'GiB')[unit]}"
 
 
-def _disk_full_message(path: Path, kept: str, needed: int | None) -> str:
+# No room: a full disk, a full quota, or a file-size limit (ulimit -f)
+NO_ROOM = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit hit"}
+
+
+def _disk_full_message(path: Path, kept: str, needed: int | None, why: str = NO_ROOM[errno.ENOSPC]) -> str:
     folder = next((p for p in path.parents if p.exists()), path.parent)
     try:
         free = f"{_size(shutil.disk_usage(folder).free)} free"
     except OSError:
         free = "free space unknown"
     need = "" if needed is None else f", about {_size(needed)} needed"
-    parts = (f"disk full writing {path} ({free} in {folder}{need}).", kept, "Free some space and run again.")
+    parts = (f"{why} writing {path} ({free} in {folder}{need}).", kept, "Free some space and run again.")
     return " ".join(p for p in parts if p)
 
 
@@ -44,8 +58,8 @@ def disk_full_names(path: Path, kept: str = "", needed: int | None = None) -> It
     try:
         yield
     except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise DiskFullError(_disk_full_message(path, kept, needed)) from err
+        if err.errno in NO_ROOM:
+            raise DiskFullError(_disk_full_message(path, kept, needed, NO_ROOM[err.errno])) from err
         raise
 
 
@@ -102,3 +116,30 @@ def read_json(path: Path) -> Any | None:
 def atomic_write_text(path: Path, text: str, kept: str = "") -> None:
     data = text.encode()
     atomic_write(path, lambda f: f.write(data), kept, len(data))
+
+
+@contextmanager
+def exclusive(path: Path, what: str, wait: bool) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` while the block runs (the OS drops it when the process
+    dies, however it dies). If another process holds it: wait for it (logged), or raise `InUseError`
+    naming the holder (the file says who holds the lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            if not wait:
+                raise InUseError(f"{what} is in use by {holder} (lock {path}); let it finish, or stop that "
+                                 "process, and run again") from None
+            log.warning("waiting for %s, in use by %s (lock %s)", what, holder, path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

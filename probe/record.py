@@ -180,6 +180,9 @@ def write_record(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(tmp)
+    if (final / RECORD_FILE).is_file():  # written meanwhile by a run with another cache_dir
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunExistsError(f"{final} was written by another run meanwhile; it is kept as it is ({kept})")
     if final.exists():  # a folder without a record: leftovers of a killed run, never a finished one
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,18 @@ from hydra.experimental.callback import Callback
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
 from probe.features import FeatureStore, clips_digest, extract_features
-from probe.record import RunSlot, check_writable, claim_run, git_commit, versions, write_record
+from probe.files import exclusive
+from probe.record import (
+    ResultsDirError,
+    RunSlot,
+    check_writable,
+    claim_run,
+    git_commit,
+    read_record,
+    run_id,
+    versions,
+    write_record,
+)
 from probe.results import format_table, record_row
 from probe.schema import ConfigError, check_run_config
 from probe.train import GridResult, HeadConfig, Recipe, split_train_val, train_probe_grid
@@ -209,18 +222,48 @@ def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore)
     return HeadConfig(**head, temporal_slots=backbone.temporal_slots or store.temporal_extent)
 
 
+def _readable_again(record: dict[str, Any]) -> list[str]:
+    """Clips the run skipped as missing or unreadable that are files now."""
+    paths = [p for split in record.get("unreadable_clips", {}).values() for p in split.values()]
+    return [p for p in paths if Path(p).is_file()]
+
+
+def _claim(config: dict[str, Any], identity: dict[str, str]) -> RunSlot:
+    """`claim_run`, except that a finished run that skipped clips as missing or unreadable, some of which
+    can be read now, is not reused: it runs again under a new id (or the last such rerun is reused)."""
+    slot = claim_run(config["results_dir"], config, config["on_existing"], identity)
+    if slot.existing is None or not (back := _readable_again(slot.existing)):
+        return slot
+    fresh = claim_run(config["results_dir"], config, "new", identity)
+    last = fresh.path.with_name(re.sub(r"-r(\d+)$", lambda m: f"-r{int(m[1]) - 1}", fresh.run_id))
+    previous = read_record(last)
+    if previous is not None and not _readable_again(previous):
+        return RunSlot(last.name, last, previous)
+    log.warning("%s skipped %d clips as missing or unreadable that can be read now (e.g. %s); running "
+                "again as %s", slot.path, len(back), back[0], fresh.run_id)
+    return fresh
+
+
 def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str, Any]:
     """Run one configuration end to end and return its record (stored or reused); `log_file` (where
     this run's log goes) is named in the record.
 
     Under torchrun or srun every process calls this (see `probe.distributed`): they share the feature
-    extraction and the probe training, and process 0 alone claims the run id and writes the record.
+    extraction and the probe training, and process 0 alone claims the run id and writes the record,
+    holding the run's lock meanwhile: a second run of the same configuration is refused while it runs.
     """
+    with ExitStack() as held:
+        return _run(config, held, log_file)
+
+
+def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -> dict[str, Any]:
     started = time.perf_counter()
     check_config(config)
     device = distributed.init(resolve_device(config["device"]))
     distributed.on_main(lambda: check_writable(config["results_dir"]))
     check_writable(Path(config["cache_dir"]).expanduser(), "cache folder", "cache_dir")  # every node's view
+    lock = Path(config["cache_dir"]).expanduser() / "probes" / f"{run_id(config)}.lock"  # by its checkpoints
+    distributed.on_main(lambda: held.enter_context(exclusive(lock, f"run {run_id(config)}", wait=False)))
     with distributed.main_first():  # a generated task is generated once; a missing data root fails here
         task = create_task(
             config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
@@ -228,9 +271,7 @@ def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str,
     check_task(config, task)
     backbone = create_backbone(config["backbone"]["name"], **config["backbone"]["args"]).to(device)
     identity = run_identity(config, backbone, task)
-    slot: RunSlot = distributed.on_main(
-        lambda: claim_run(config["results_dir"], config, config["on_existing"], identity)
-    )
+    slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)
         return slot.existing
@@ -314,11 +355,25 @@ def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str,
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
         # Clips whose codec exports no motion vectors (codec sampling scored them by residuals alone).
         "residual_only_clips": residual_only,
+        # Clips an earlier run skipped as missing or unreadable and this one tried again (those still
+        # unreadable stay in skipped_clips).
+        "retried_clips": {"train": train_store.retried, "eval": eval_store.retried},
+        # Skipped clips that were missing or unreadable (not damaged), by path: while any is readable
+        # again, this record is not reused (on_existing=reuse runs again under a new id).
+        "unreadable_clips": {
+            name: {c.clip_id: str(c.path) for c in task.clips(split) if c.clip_id in store.unreadable}
+            for name, split, store in (
+                ("train", config["task"]["train_split"], train_store),
+                ("eval", config["task"]["eval_split"], eval_store),
+            )
+        },
         # Annotation records dropped under on_bad_record=skip, with the file, line and reason of each.
         "skipped_records": {
             "train": task.skipped.get(config["task"]["train_split"], []),
             "eval": task.skipped.get(config["task"]["eval_split"], []),
         },
+        # Doubts about the annotations that did not stop the run (e.g. videos in both splits, with counts).
+        "task_warnings": task.warnings,
         "metrics": result.to_dict(),
         "timings": timings,
         "log_file": None if log_file is None else str(log_file),
@@ -337,6 +392,19 @@ def run(config: dict[str, Any], log_file: str | Path | None = None) -> dict[str,
 
 # `ovprobe` with no arguments: the embedded default, a comparison of samplers on the generated task.
 EMBEDDED_DEFAULT = ("--multirun", "sampling=uniform,codec")
+
+class CheckResultsDir(Callback):
+    """Hydra callback: a results_dir that cannot be written or is full stops the invocation with ovprobe's
+    message before Hydra writes its own files there (and fails with an OSError of its own)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if distributed.launch_from_env().rank == 0:
+            try:
+                check_writable(config.results_dir)
+            except ResultsDirError as err:
+                raise SystemExit(f"ovprobe: {err}") from err
+
+    on_multirun_start = on_run_start
 
 
 class PrintSummary(Callback):
@@ -394,8 +462,9 @@ def _remove_if_empty(folder: Path, keep: set[str]) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from backbones.registry import UnknownBackboneError
     from backbones.weights import CheckpointError
-    from probe.files import DiskFullError
+    from probe.files import DiskFullError, InUseError
     from probe.record import ResultsDirError, RunExistsError
+    from probe.train import NonFiniteLossError
     from tasks import AnnotationError, VideoDecodeError
 
     return (
@@ -407,6 +476,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         AnnotationError,
         VideoDecodeError,
         DiskFullError,
+        NonFiniteLossError,
+        InUseError,
     )
 
 

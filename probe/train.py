@@ -21,6 +21,7 @@ the same (probe, epoch). Process 0 writes the checkpoint; all read it on resume.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -275,6 +276,7 @@ def train_probe_grid(
         for epoch in range(done, recipe.epochs):
             t0 = time.perf_counter()
             losses = _train_epoch(grid, train, train_idx, recipe, epoch, device, bar)
+            _check_finite(losses, specs, train, epoch + 1)
             for spec, model, stats in zip(
                 specs,
                 grid.heads,
@@ -363,6 +365,23 @@ def _train_epoch(
             scheduler.step()
         bar.update(1)
     return (distributed.all_reduce_sum(sums) / len(order)).tolist()
+
+
+class NonFiniteLossError(RuntimeError):
+    """A probe's training loss became NaN or infinite: its numbers would mean nothing."""
+
+
+def _check_finite(losses: list[float], specs: list[ProbeSpec], train: Features, epoch: int) -> None:
+    """Stop the run at the first epoch whose mean training loss is not finite for some probe."""
+    bad = [f"{s.name} ({loss})" for s, loss in zip(specs, losses, strict=True) if not math.isfinite(loss)]
+    if bad:
+        store = getattr(train, "path", None)
+        where = f"the feature store {store}" if store else f"features {train.fingerprint}"
+        raise NonFiniteLossError(
+            f"the training loss of probe {', '.join(bad)} is not finite in epoch {epoch}, on {where}: "
+            "the stored tokens may hold NaN or inf (delete that folder to recompute it), or the learning "
+            "rate is too high for these features; nothing of this epoch is saved"
+        )
 
 
 def _sum_gradients(heads: list[AttentiveProbe]) -> None:
@@ -481,7 +500,12 @@ def _save_checkpoint(
         if epoch > 1
         else "No earlier epoch is saved: the next run trains the probes from the start (features are kept)."
     )
-    atomic_write(path, lambda f: torch.save(state, f), kept)
+    # Serialised in memory first: torch's zip writer turns a full disk into an opaque RuntimeError, a plain
+    # write keeps it an OSError that `atomic_write` names as a DiskFullError.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    atomic_write(path, lambda f: f.write(data), kept, len(data))
 
 
 def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -42,11 +43,14 @@ from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from tasks.selection import Selection, SelectionConfig, select_patches
+from tasks.video import VideoDecodeError
 
 log = logging.getLogger(__name__)
 
 CELL = 4  # pixels per side of a motion-map cell (the smallest H.264 partition)
 Box = tuple[float, float, float, float]  # top, left, height, width in source pixels
+_T = TypeVar("_T")
+_warned_no_vectors: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -705,6 +709,25 @@ def _median(values: np.ndarray) -> float:
     return float(ordered[k] if ordered.size % 2 else (ordered[k - 1] + ordered[k]) / 2)
 
 
+def _names_the_file(analysis: Callable[..., _T]) -> Callable[..., _T]:
+    """Errors of the decoder (raised here or on the decode-ahead thread) and of a stream the analysis cannot
+    make sense of become `VideoDecodeError`s naming the file, so the bad-clip policy applies to codec
+    sampling as to any other decode."""
+
+    @functools.wraps(analysis)
+    def wrapped(path: str | Path, *args, **kwargs) -> _T:
+        try:
+            return analysis(path, *args, **kwargs)
+        except VideoDecodeError:
+            raise
+        except (av.FFmpegError, OSError, EOFError, IndexError, ValueError, RuntimeError) as err:
+            raise VideoDecodeError(path, f"codec analysis failed ({type(err).__name__}: {err}); the file may "
+                                   "be damaged: re-encode it") from err
+
+    return wrapped
+
+
+@_names_the_file
 def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int | None = None,
             end_frame: int | None = None, keep: Callable[[av.VideoFrame], np.ndarray] | None = None,
             ) -> tuple[CodecMaps, list[np.ndarray] | None]:

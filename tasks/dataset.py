@@ -26,6 +26,7 @@ from tasks.video import VideoDecodeError, open_video
 class SkippedClip:
     clip_id: str
     reason: str
+    transient: bool = False  # the file was missing or unreadable, not damaged: retried by later runs
 
 
 def sample_or_skip(
@@ -38,7 +39,7 @@ def sample_or_skip(
         if on_bad_clip == "error":
             raise VideoDecodeError(e.path, f"{e.reason} (clip {clip.clip_id}; set on_bad_clip='skip' "
                                    "to skip and count such clips)") from e
-        return SkippedClip(clip.clip_id, str(e))
+        return SkippedClip(clip.clip_id, str(e), e.transient)
 
 
 class ClipDataset(Dataset):

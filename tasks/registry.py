@@ -62,6 +62,7 @@ class Task(ABC):
         self.on_bad_record = check_policy(on_bad_record, "on_bad_record")
         self.skipped: dict[str, list[str]] = {}
         self.missing: dict[str, list[str]] = {}  # videos listed but absent, per split
+        self.warnings: list[str] = []  # doubts about the annotations that do not stop a run; recorded
         self._clips: dict[str, list[Clip]] = {}
 
     @property
@@ -116,6 +117,8 @@ class Task(ABC):
             return f"clip id {clip.clip_id!r} repeats {first}; each clip may appear once per split"
         if self.video_folder is not None and not _inside(clip.path, self.video_folder):
             return f"video path {clip.path} leads outside the video folder {self.video_folder}"
+        if clip.path.is_dir():
+            return f"video {clip.path} is a folder, not a video file"
         return None
 
     def _reject(self, split: str, where: str, reason: str) -> None:

@@ -20,6 +20,7 @@ Rules every reader follows:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +42,26 @@ class VideoDecodeError(RuntimeError):
         self.path = Path(path)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # picklable, so it can leave a worker process
+        return type(self), (self.path, self.reason)
+
+    @property
+    def transient(self) -> bool:
+        """Whether the file is missing or could not be read (a network file system's hiccup, permissions)
+        rather than damaged: worth trying again later. Ask where it was raised (the cause is not pickled)."""
+        if not self.path.is_file():
+            return True
+        err: BaseException | None = self.__cause__
+        while err is not None:
+            if isinstance(err, OSError) and err.errno in _UNREADABLE_ERRNOS:
+                return True
+            err = err.__cause__ or err.__context__
+        return False
+
+
+_UNREADABLE_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ETIMEDOUT,
+                      errno.EAGAIN, errno.EBUSY}
+
 
 UNREADABLE = ("FFmpeg finds no video container in it: not a video, or damaged (an MP4 cut short loses "
               "its index); re-encode or re-download it")
@@ -52,6 +73,8 @@ class VideoReader(ABC):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._num_frames = 0
+        if self.path.is_dir():
+            raise VideoDecodeError(self.path, "a folder, not a video file")
         if not self.path.is_file():
             raise VideoDecodeError(self.path, "no such file")
         if self.path.stat().st_size == 0:
