@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
+from probe.evaluate import clip_outcomes
 from probe.features import FeatureStore, extract_features
 from probe.record import RunSlot, check_writable, claim_run, git_commit, versions, write_record
 from probe.results import format_table, record_row
@@ -284,6 +285,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             "eval": task.skipped.get(config["task"]["eval_split"], []),
         },
         "metrics": result.to_dict(),
+        # Per test clip, whether the selected probe was right (packed bits, with a hash of the clip ids):
+        # what paired comparisons between runs (codec minus random in `ovprobe-report`) resample.
+        "test_clips": clip_outcomes(eval_store.clip_ids, result.test_view_logits, eval_store.labels,
+                                    recipe.view_space),
         "timings": timings,
         "processes": {"world_size": distributed.world_size(), "backend": distributed.backend()},
     }
