@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_codec import GRID, PATCH, SIZE, on_path_fraction, write_clip
@@ -107,3 +108,43 @@ def test_budget_samplers_refuse_clips_too_short_for_the_budget(tmp_path):
     for name in ("random", "pixel_diff"):
         with pytest.raises(VideoDecodeError, match="fewer patches than the budget of 512"):
             sampler(name)(short)
+
+
+def test_report_writes_the_codec_minus_random_column(tmp_path):
+    """Real runs (uniform, codec and random at one budget on a small generated task), then the report:
+    the budgets table carries codec minus random with its paired bootstrap interval, from the records."""
+    import json
+
+    from test_run import small
+
+    from probe import report
+    from probe.evaluate import paired_bootstrap, read_outcomes
+    from probe.run import run
+
+    records = {s: run(small(tmp_path, f"sampling={s}", "probe.recipe.epochs=1")) for s in
+               ("uniform", "codec", "random")}
+    outcomes = {s: read_outcomes(r["test_clips"]) for s, r in records.items()}
+    for sampling, record in records.items():
+        assert record["test_clips"]["count"] == record["metrics"]["num_test"] == 16
+        assert 100 * outcomes[sampling].mean() == pytest.approx(record["metrics"]["test"]["top1"])
+    change = outcomes["codec"].astype(float) - outcomes["random"]
+    low, high = paired_bootstrap(change)
+    out = tmp_path / "report"
+    printed = report.write_report([tmp_path / "results"], out, [], draw=False)
+    name = "budgets_synthetic_onevision_tiny__random"
+    cell = f"{100 * change.mean():+.1f} [{low:+.1f}, {high:+.1f}]"
+    assert "codec - random (95% paired bootstrap)" in printed and cell in printed
+    assert cell in (out / f"{name}.md").read_text()
+    assert "codec - random (95\\% paired bootstrap)" in (out / f"{name}.tex").read_text()
+    csv = pd.read_csv(out / f"{name}.csv")
+    assert list(csv.columns[-3:]) == ["codec - random", "codec - random low", "codec - random high"]
+    assert csv[["codec - random", "codec - random low", "codec - random high"]].iloc[0].tolist() == \
+        pytest.approx([100 * change.mean(), low, high], abs=0.01)
+    # a record written before per-clip outcomes were kept: the difference stays, unpaired, no interval
+    folder = tmp_path / "results" / records["random"]["run_id"]
+    old = json.loads((folder / "record.json").read_text())
+    del old["test_clips"]
+    (folder / "record.json").write_text(json.dumps(old))
+    printed = report.write_report([tmp_path / "results"], out, [], draw=False)
+    top1 = {s: r["metrics"]["test"]["top1"] for s, r in records.items()}
+    assert f"{top1['codec'] - top1['random']:+.1f} (unpaired)" in printed
