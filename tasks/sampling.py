@@ -26,6 +26,7 @@ from tasks.selection import (
     Selection,
     SelectionConfig,
     check_packed_budget,
+    on_slots,
     pack,
     per_frame_sparse,
     pixel_change,
@@ -363,8 +364,7 @@ class RandomSampler(BudgetSampler):
             raise ValueError("one rng draws one training view; test views (rng=None) draw their own")
         selections = []
         for draw in rngs:
-            scores = np.full((run.num_slots, self.grid, self.grid), np.nan)
-            scores[run.slots] = draw.random((len(run.slots), self.grid, self.grid))
+            scores = on_slots(draw.random((len(run.slots), self.grid, self.grid)), run.slots, run.num_slots)
             selections.append(select_patches(scores, self.k, self.selection))
         return Chosen(run, selections, reader=reader)
 
@@ -392,7 +392,7 @@ class PixelDiffSampler(BudgetSampler):
         frames = resize_shorter_side(reader.get_frames(run.frame_indices), self.size)
         selections = []
         for pos in crops:
-            scores = np.full((run.num_slots, self.grid, self.grid), np.nan)
-            scores[run.slots] = pixel_change(crop_square(frames, self.size, pos).numpy(), self.patch_size)
+            change = pixel_change(crop_square(frames, self.size, pos).numpy(), self.patch_size)
+            scores = on_slots(change, run.slots, run.num_slots)
             selections.append(select_patches(scores, self.k, self.selection))
         return Chosen(run, selections, frames, reader)

@@ -225,6 +225,14 @@ def per_frame_sparse(selection: Selection, t: str = "index") -> tuple[np.ndarray
     return slots, positions
 
 
+def on_slots(values: np.ndarray, slots: np.ndarray, num_slots: int) -> np.ndarray:
+    """Scores of the run's frames `[n, Hp, Wp]` placed at their `slots` of a `[num_slots, Hp, Wp]` grid,
+    NaN on slots without a frame (what `select_patches` takes)."""
+    scores = np.full((num_slots, *values.shape[1:]), np.nan)
+    scores[slots] = values
+    return scores
+
+
 def pixel_change(frames: np.ndarray, patch: int) -> np.ndarray:
     """`[T, Hp, Wp]` mean absolute change of each patch's pixels (all channels) from the previous frame;
     the first frame has nothing to differ from and scores 0. `frames` is uint8 `[T, Hp * patch,

@@ -148,3 +148,14 @@ def test_report_writes_the_codec_minus_random_column(tmp_path):
     printed = report.write_report([tmp_path / "results"], out, [], draw=False)
     top1 = {s: r["metrics"]["test"]["top1"] for s, r in records.items()}
     assert f"{top1['codec'] - top1['random']:+.1f} (unpaired)" in printed
+
+
+def test_show_draws_codec_random_and_pixel_difference_rows(clip, tmp_path):
+    from PIL import Image
+
+    from tasks import codec
+
+    plain, *_ = codec.show(clip.path, tmp_path / "codec.png", budget=BUDGET, columns=4)
+    both, *_ = codec.show(clip.path, tmp_path / "controls.png", budget=BUDGET, columns=4, controls=True)
+    (w0, h0), (w1, h1) = Image.open(plain).size, Image.open(both).size
+    assert w0 == w1 and h1 / h0 == pytest.approx(5 / 3, rel=0.02)  # two more rows of kept patches
