@@ -231,6 +231,7 @@ class BudgetSampler(SamplerConfig):
         self.k = resolve_budget(self.grid**2, self.budget, self.frames_equiv)
         if self.native_sparse:
             check_packed_budget(self.k, self.grid**2)
+        self.selection = SelectionConfig(keep_first_frame=self.keep_first_frame, static_fallback=False)
 
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
@@ -348,10 +349,6 @@ class RandomSampler(BudgetSampler):
 
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.selection = SelectionConfig(keep_first_frame=self.keep_first_frame, static_fallback=False)
-
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
         reader = reader or open_video(clip.path, self.backend)
@@ -380,10 +377,6 @@ class PixelDiffSampler(BudgetSampler):
     codec information; same budget, whole first frame and layouts as `codec`. Scoring needs every frame
     of the run decoded (as uniform sampling of that many frames would), so there is nothing worth caching.
     """
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.selection = SelectionConfig(keep_first_frame=self.keep_first_frame, static_fallback=False)
 
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
