@@ -7,8 +7,10 @@ their predictions are averaged either as logits or as probabilities (`space`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,6 +72,42 @@ def bootstrap_interval(
     tail = 100.0 * (1.0 - level) / 2.0
     low, high = np.percentile(means, [tail, 100.0 - tail])
     return 100.0 * float(low), 100.0 * float(high)
+
+
+def paired_bootstrap(values: np.ndarray, resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-clip `values` (e.g. one run's correct minus
+    another's on the same clips): clips are resampled, so both runs keep their pairing. Percentages."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, (1 << 22) // max(len(values), 1))  # resamples at a time: small index arrays
+    means = []
+    for start in range(0, resamples, chunk):
+        picks = rng.integers(0, len(values), size=(min(chunk, resamples - start), len(values)))
+        means.append(values[picks].mean(axis=1))
+    means = np.concatenate(means)
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return 100.0 * float(low), 100.0 * float(high)
+
+
+def clip_outcomes(clip_ids: Sequence[str], view_logits: torch.Tensor, labels: torch.Tensor | np.ndarray,
+                  space: str = "logit") -> dict[str, Any]:
+    """Whether each test clip's view-averaged top-1 is right, compactly for a run record: the clip
+    count, a SHA-256 of the ordered clip ids (runs pair only on the same clips) and the bits, packed."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    correct = (aggregate_views(view_logits, space).argmax(dim=-1) == labels).numpy()
+    return {
+        "count": len(clip_ids),
+        "ids_sha256": hashlib.sha256("\n".join(clip_ids).encode()).hexdigest(),
+        "correct": np.packbits(correct).tobytes().hex(),
+    }
+
+
+def read_outcomes(entry: dict[str, Any]) -> np.ndarray:
+    """The boolean per-clip vector `clip_outcomes` packed."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(entry["correct"]), dtype=np.uint8))
+    return bits[: entry["count"]].astype(bool)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ FAMILY_COLOURS = {
     "qwen3vit": "#17becf",
 }
 SPARE_COLOURS = ("#7f7f7f", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
-SAMPLING_STYLE = {"uniform": ("-", "o"), "codec": ("--", "s")}
+SAMPLING_STYLE = {
+    "uniform": ("-", "o"), "codec": ("--", "s"), "random": ("-.", "D"), "pixel_diff": (":", "v"),
+}
 METRIC_LABELS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "mean_class": "mean-class acc. (%)"}
 COST_LABELS = {"tokens": "tokens per clip", "seconds_per_clip": "decode + sample + encode time per clip (s)"}
 

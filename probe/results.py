@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from probe.evaluate import paired_bootstrap, read_outcomes
 from probe.record import RECORD_FILE, config_hash
 
 COLUMNS = (
@@ -185,11 +187,14 @@ def repeated_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Table:
-    """A pivot: mean values, how many runs each cell averages, and a title."""
+    """A pivot: mean values, how many runs each cell averages, and a title; optionally a difference
+    between two of its columns per row (`difference`, `paired_difference`), shown after them."""
 
     title: str
     values: pd.DataFrame
     counts: pd.DataFrame
+    difference: pd.DataFrame | None = None
+    difference_label: str = ""
 
 
 def pivot(frame: pd.DataFrame, index: str | list[str], columns: str | list[str], metric: str = "top1",
@@ -219,11 +224,55 @@ def paper_tables(frame: pd.DataFrame, metric: str = "top1") -> dict[str, Table]:
             title=f"{METRICS[metric]}: backbones x tasks, {sampling} sampling, {amount}",
         )
     for (task, backbone), runs in frame.groupby(["task", "backbone"], sort=True):
-        tables[f"budgets_{task}_{_slug(backbone)}"] = pivot(
+        table = pivot(
             runs, ["budget", "frames_equiv"], "sampling", metric,
             title=f"{METRICS[metric]}: {backbone} on {task}, budget (patches, frames) x sampling",
         )
+        if metric == "top1" and set(CONTROL) <= set(runs["sampling"]):
+            table.difference = paired_difference(runs, *CONTROL, ["budget", "frames_equiv"])
+            table.difference_label = " - ".join(CONTROL)
+        tables[f"budgets_{task}_{_slug(backbone)}"] = table
     return tables
+
+
+# The comparison the budgets tables carry: does codec selection beat random patches at the same budget?
+CONTROL = ("codec", "random")
+DIFFERENCE_RESAMPLES = 1000
+
+
+def paired_difference(frame: pd.DataFrame, a: str, b: str, index: list[str],
+                      resamples: int = DIFFERENCE_RESAMPLES, seed: int = 0) -> pd.DataFrame:
+    """Top-1 of sampling `a` minus sampling `b` per `index` row, with a 95% paired bootstrap interval
+    over the test clips (both runs resampled on the same clips, from the records' `test_clips`).
+
+    Rows where either sampling is missing are left out. Several runs of one sampling in a row are
+    averaged per clip. Where the records cannot be paired (older records without per-clip outcomes, or
+    runs on different clips), the difference of the table's numbers is given and `low`/`high` are NaN
+    with `paired` False.
+    """
+    rows = {}
+    for key, runs in frame[frame["sampling"].isin([a, b])].groupby(index, sort=True):
+        sides = [runs[runs["sampling"] == name] for name in (a, b)]
+        if any(side.empty for side in sides):
+            continue
+        outcomes = [[_outcomes(path) for path in side["path"]] for side in sides]
+        entries = [o for side in outcomes for o in side]
+        paired = all(o is not None for o in entries) and len({o[0] for o in entries}) == 1
+        if paired:
+            per_clip = [np.mean([o[1] for o in side], axis=0) for side in outcomes]
+            change = per_clip[0] - per_clip[1]
+            low, high = paired_bootstrap(change, resamples, seed)
+            rows[key] = (100.0 * float(change.mean()), low, high, True)
+        else:
+            rows[key] = (sides[0]["top1"].mean() - sides[1]["top1"].mean(), np.nan, np.nan, False)
+    return pd.DataFrame(list(rows.values()), index=pd.MultiIndex.from_tuples(list(rows), names=index),
+                        columns=["difference", "low", "high", "paired"])
+
+
+def _outcomes(folder: str | Path) -> tuple[str, np.ndarray] | None:
+    """(clip-id hash, per-clip correct) from a run's record, or None for records without them."""
+    entry = json.loads((Path(folder) / RECORD_FILE).read_text()).get("test_clips")
+    return None if entry is None else (entry["ids_sha256"], read_outcomes(entry))
 
 
 def _slug(text: str) -> str:
@@ -261,27 +310,46 @@ def _cells(table: Table, bold: str) -> list[list[str]]:
     return rows
 
 
+def _difference_cells(table: Table) -> tuple[list[str], list[list[str]]]:
+    """The difference column's header and cells ("+2.5 [0.6, 4.4]"), or nothing without one."""
+    diff = table.difference
+    if diff is None or diff.empty:
+        return [], [[] for _ in range(len(table.values))]
+    cells = []
+    for key in table.values.index:
+        if key not in diff.index:
+            cells.append(["-"])
+            continue
+        row = diff.loc[key]
+        interval = f" [{row['low']:+.1f}, {row['high']:+.1f}]" if row["paired"] else " (unpaired)"
+        cells.append([f"{row['difference']:+.1f}{interval}"])
+    return [f"{table.difference_label} (95% paired bootstrap)"], cells
+
+
 def to_markdown(table: Table) -> str:
     """The table in Markdown, best per column in bold, with its title above."""
-    head = [" / ".join(_names(table.values.index)), *_labels(table.values.columns)]
+    extra_head, extra = _difference_cells(table)
+    head = [" / ".join(_names(table.values.index)), *_labels(table.values.columns), *extra_head]
     lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, cells in zip(_labels(table.values.index), _cells(table, "**{}**"), strict=True):
-        lines.append("| " + " | ".join([label, *cells]) + " |")
+    for label, cells, more in zip(_labels(table.values.index), _cells(table, "**{}**"), extra, strict=True):
+        lines.append("| " + " | ".join([label, *cells, *more]) + " |")
     return "\n".join(lines)
 
 
 def to_latex(table: Table) -> str:
     """A booktabs tabular, best per column in bold (needs `\\usepackage{booktabs}`)."""
-    head = [" / ".join(_names(table.values.index)), *_labels(table.values.columns)]
+    extra_head, extra = _difference_cells(table)
+    head = [" / ".join(_names(table.values.index)), *_labels(table.values.columns), *extra_head]
     lines = [
         f"% {table.title}",
-        "\\begin{tabular}{l" + "r" * table.values.shape[1] + "}",
+        "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
         "\\toprule",
         " & ".join(_tex(h) for h in head) + " \\\\",
         "\\midrule",
     ]
-    for label, cells in zip(_labels(table.values.index), _cells(table, "\\textbf{{{}}}"), strict=True):
-        lines.append(" & ".join([_tex(label), *cells]) + " \\\\")
+    cells = _cells(table, "\\textbf{{{}}}")
+    for label, row, more in zip(_labels(table.values.index), cells, extra, strict=True):
+        lines.append(" & ".join([_tex(label), *row, *map(_tex, more)]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -290,6 +358,10 @@ def to_csv(table: Table) -> str:
     """Plain numbers (no bold, no counts) for spreadsheets; column names joined with '/'."""
     values = table.values.copy()
     values.columns = _labels(values.columns)
+    if table.difference is not None and not table.difference.empty:
+        for column in ("difference", "low", "high"):
+            name = table.difference_label + ("" if column == "difference" else f" {column}")
+            values[name] = table.difference[column].reindex(values.index)
     return values.to_csv(float_format="%.2f")
 
 

@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
+from probe.evaluate import clip_outcomes
 from probe.features import FeatureStore, clips_digest, extract_features
 from probe.files import exclusive
 from probe.record import (
@@ -375,6 +376,10 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
         # Doubts about the annotations that did not stop the run (e.g. videos in both splits, with counts).
         "task_warnings": task.warnings,
         "metrics": result.to_dict(),
+        # Per test clip, whether the selected probe was right (packed bits, with a hash of the clip ids):
+        # what paired comparisons between runs (codec minus random in `ovprobe-report`) resample.
+        "test_clips": clip_outcomes(eval_store.clip_ids, result.test_view_logits, eval_store.labels,
+                                    recipe.view_space),
         "timings": timings,
         "log_file": None if log_file is None else str(log_file),
         "processes": {"world_size": distributed.world_size(), "backend": distributed.backend()},
@@ -391,7 +396,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
 
 
 # `ovprobe` with no arguments: the embedded default, a comparison of samplers on the generated task.
-EMBEDDED_DEFAULT = ("--multirun", "sampling=uniform,codec")
+EMBEDDED_DEFAULT = ("--multirun", "sampling=uniform,codec,random")
 
 class CheckResultsDir(Callback):
     """Hydra callback: a results_dir that cannot be written or is full stops the invocation with ovprobe's

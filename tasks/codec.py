@@ -19,7 +19,7 @@ Codecs that export no vectors (VP9, Cinepak, MJPEG, ...) fall back to residual-o
 `CodecMaps.signals` (and `SampledClip.signals`): the run counts them and warns once, with the count.
 
 `python -m tasks.codec show VIDEO --budget 2048 --out fig.png` draws sampled frames, their fused maps and
-the kept patches.
+the kept patches; `--controls` adds the patches random and pixel-difference selection keep at that budget.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from av.sidedata.sidedata import SideDataContainer
 from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
-from tasks.selection import Selection, SelectionConfig, select_patches
+from tasks.selection import Selection, SelectionConfig, on_slots, pixel_change, select_patches
 from tasks.video import VideoDecodeError
 
 log = logging.getLogger(__name__)
@@ -825,8 +825,10 @@ def crop_box(frame_size: tuple[int, int], size: int, position: float = 0.5) -> B
 
 def show(video: str | Path, out: str | Path, budget: int = 2048, size: int = 224, patch: int = 14,
          columns: int = 8, cfg: CodecConfig | None = None, selection_cfg: SelectionConfig | None = None,
-         ) -> tuple[Path, CodecMaps, np.ndarray, Selection]:
-    """Draw `columns` sampled frames, their fused saliency and the kept patches (others dimmed) to `out`.
+         controls: bool = False, seed: int = 0) -> tuple[Path, CodecMaps, np.ndarray, Selection]:
+    """Draw `columns` sampled frames, their fused saliency and the kept patches (others dimmed) to `out`;
+    with `controls`, below them the patches the `random` (a draw seeded by `seed`) and `pixel_diff`
+    samplers keep at the same budget from the same frames, with the same whole first frame.
 
     Returns (png path, maps, patch scores, selection) so callers can check what the picture shows.
     """
@@ -846,24 +848,26 @@ def show(video: str | Path, out: str | Path, budget: int = 2048, size: int = 224
     scores = patch_scores(maps, (grid, grid), box)
     selection = select_patches(scores, budget, selection_cfg or SelectionConfig(), static=maps.static,
                                contrast=maps.slot_contrast)
-    kept = np.zeros(scores.size, bool)
-    kept[selection.indices] = True
-    kept = kept.reshape(scores.shape)
+    kept = {"codec": _kept(selection)}
+    if controls:  # the samplers `random` and `pixel_diff` on these frames (see `tasks.sampling`)
+        plain = SelectionConfig(keep_first_frame=(selection_cfg or SelectionConfig()).keep_first_frame,
+                                static_fallback=False)
+        drawn = np.random.default_rng(seed).random((len(maps.slots), grid, grid))
+        change = pixel_change(np.stack(pixels), patch)
+        for name, values in (("random", drawn), ("pixel diff", change)):
+            kept[name] = _kept(select_patches(on_slots(values, maps.slots, maps.num_slots), budget, plain))
 
     rows = np.unique(np.rint(np.linspace(0, len(maps.slots) - 1, columns)).astype(int))
     top, left, height, width = (v / CELL for v in box)
-    fig, axes = plt.subplots(3, len(rows), figsize=(2.2 * len(rows), 7.2), squeeze=False)
+    fig, axes = plt.subplots(2 + len(kept), len(rows), figsize=(2.2 * len(rows), 2.4 * (2 + len(kept))),
+                             squeeze=False)
     for col, row in enumerate(rows):
         slot = int(maps.slots[row])
         frame = pixels[row].astype(np.float32) / 255
-        mask = np.kron(kept[slot], np.ones((patch, patch)))[..., None]
-        edge = (mask[..., 0] > 0) & ~_eroded(mask[..., 0] > 0)
-        overlay = frame * (0.25 + 0.75 * mask)
-        overlay[edge] = (1.0, 0.85, 0.0)
         saliency = maps.saliency[row][int(top):math.ceil(top + height), int(left):math.ceil(left + width)]
-        panels = (frame, saliency, overlay)
-        titles = (f"t={slot}  frame {maps.frame_indices[row]}", "fused saliency",
-                  f"kept {int(kept[slot].sum())}/{grid * grid}")
+        panels = [frame, saliency] + [_overlay(frame, mask[slot], patch) for mask in kept.values()]
+        titles = [f"t={slot}  frame {maps.frame_indices[row]}", "fused saliency"] + [
+            f"{name}: kept {int(mask[slot].sum())}/{grid * grid}" for name, mask in kept.items()]
         for ax, image, title in zip(axes[:, col], panels, titles, strict=True):
             ax.imshow(image, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title, fontsize=8)
@@ -877,6 +881,22 @@ def show(video: str | Path, out: str | Path, budget: int = 2048, size: int = 224
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out, maps, scores, selection
+
+
+def _kept(selection: Selection) -> np.ndarray:
+    """`[T, Hp, Wp]` True at the selected patches."""
+    kept = np.zeros(int(np.prod(selection.grid)), bool)
+    kept[selection.indices] = True
+    return kept.reshape(selection.grid)
+
+
+def _overlay(frame: np.ndarray, kept: np.ndarray, patch: int) -> np.ndarray:
+    """`frame` (float RGB) with the patches not `kept` dimmed and the kept ones outlined."""
+    mask = np.kron(kept, np.ones((patch, patch)))[..., None]
+    edge = (mask[..., 0] > 0) & ~_eroded(mask[..., 0] > 0)
+    overlay = frame * (0.25 + 0.75 * mask)
+    overlay[edge] = (1.0, 0.85, 0.0)
+    return overlay
 
 
 def _eroded(mask: np.ndarray) -> np.ndarray:
@@ -900,12 +920,16 @@ def main(argv: list[str] | None = None) -> None:
     draw.add_argument("--frames", type=int, default=64, help="frames sampled at linspace")
     draw.add_argument("--columns", type=int, default=8, help="frames shown")
     draw.add_argument("--camera", default="similarity", choices=sorted(CAMERA_MODELS))
+    draw.add_argument("--controls", action="store_true",
+                      help="also draw the patches random and pixel-difference selection keep at the budget")
+    draw.add_argument("--seed", type=int, default=0, help="seed of the random selection drawn")
     draw.add_argument("--out", type=Path, default=None, help="PNG path (default: VIDEO_codec.png here)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or Path(f"{args.video.stem}_codec.png")
     path, maps, _, selection = show(args.video, out, args.budget, args.size, args.patch, args.columns,
-                                    CodecConfig(num_frames=args.frames, camera=args.camera))
+                                    CodecConfig(num_frames=args.frames, camera=args.camera),
+                                    controls=args.controls, seed=args.seed)
     print(f"wrote {path}: {selection.budget} patches from {len(selection.slots)} of {len(maps.slots)} frames "
           f"(signals {maps.signals}, activity {maps.activity:.3f}{', static' if maps.static else ''})")
 

@@ -2,13 +2,15 @@
 
 Every sampler is built from the same arguments (`num_frames`, `size`, `patch_size`, `temporal_slots`,
 `num_clips`, `num_crops`, plus its own) and called as `sampler(clip, reader, rng, train)`:
-`uniform` (all patches of a few frames) and `codec` (a patch budget over many frames).
+`uniform` (all patches of a few frames), and a patch budget over many frames chosen by the codec's
+motion and residuals (`codec`), at random (`random`) or by decoded-pixel change (`pixel_diff`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +20,16 @@ import numpy as np
 import torch
 
 from tasks.clip import Clip, SampledClip
-from tasks.codec import CodecConfig, crop_box, patch_scores
+from tasks.codec import CodecConfig, CodecMaps, crop_box, patch_scores, plan_slots
 from tasks.codec_cache import MapCache, cached_analyse
 from tasks.selection import (
+    Selection,
     SelectionConfig,
     check_packed_budget,
+    on_slots,
     pack,
     per_frame_sparse,
+    pixel_change,
     resolve_budget,
     select_patches,
 )
@@ -180,9 +185,113 @@ class UniformSampler(SamplerConfig):
         return views
 
 
+@dataclass
+class FramePlan:
+    """The dense run a patch budget is spent over: decoded frame `frame_indices[i]` (absolute in the
+    file) at temporal slot `slots[i]` of `num_slots` (as `tasks.codec.CodecMaps` carries them)."""
+
+    frame_indices: np.ndarray
+    slots: np.ndarray
+    num_slots: int
+
+
+@dataclass
+class Chosen:
+    """What a budget sampler's `select` returns: the dense run (a `FramePlan` or the codec's maps), one
+    selection per spatial crop, the run's frames (row order) resized to the backbone's size when the
+    sampler already decoded them (else they are decoded for the layout), and its open reader, if any."""
+
+    run: FramePlan | CodecMaps
+    selections: list[Selection]
+    pixels: list[torch.Tensor] | torch.Tensor | None = None
+    reader: VideoReader | None = None
+
+
+@dataclass
+class BudgetSampler(SamplerConfig):
+    """A patch budget spent over a dense run of `num_frames` frames at linspace over the clip: the
+    shared part of the `codec`, `random` and `pixel_diff` samplers, which differ only in which K patches
+    they choose (`select`). The budget is `budget` patches or `frames_equiv` frames' worth, with the
+    first frame kept whole if `keep_first_frame`; the K patches are laid out for the backbone as
+    `CodecSampler` describes (packed for `native_sparse`, per frame otherwise), so every sampler feeds
+    the same token count and layout at a budget. `cache_dir`: where a sampler keeps budget-independent
+    scores (the codec maps); samplers whose scores cost no more than decoding keep none.
+    """
+
+    budget: int | None = None
+    frames_equiv: float | None = None
+    native_sparse: bool = False
+    keep_first_frame: bool = True
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_clips != 1:
+            raise ValueError("a patch-budget sampler scores the whole clip at once; set num_clips=1")
+        self.k = resolve_budget(self.grid**2, self.budget, self.frames_equiv)
+        if self.k > self.num_frames * self.grid**2:
+            raise ValueError(
+                f"sampling.budget={self.k} is more than the {self.num_frames * self.grid**2} patches of the "
+                f"dense run ({self.num_frames} frames of {self.grid**2}); lower it or raise "
+                "sampling.args.num_frames"
+            )
+        if self.native_sparse:
+            check_packed_budget(self.k, self.grid**2)
+        self.selection = SelectionConfig(keep_first_frame=self.keep_first_frame, static_fallback=False)
+
+    def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
+               crops: list[float]) -> Chosen:
+        """The dense run and the K patches of each crop in `crops` (positions along the longer side)."""
+        raise NotImplementedError
+
+    def check_length(self, clip: Clip, frames: int) -> None:
+        """A clip too short for the budget is a bad clip (skipped or fatal by policy), not a crash."""
+        if frames * self.grid**2 < self.k:
+            raise VideoDecodeError(clip.path, f"clip {clip.clip_id} has {frames} frames, fewer "
+                                   f"patches than the budget of {self.k}; lower sampling.budget")
+
+    def frame_plan(self, clip: Clip, reader: VideoReader) -> FramePlan:
+        """The codec sampler's dense run (`tasks.codec.plan_slots` over the clip's span) for a reader."""
+        start, stop = clip_span(clip, reader.num_frames)
+        offsets, slots = plan_slots(stop - start, self.num_frames)
+        self.check_length(clip, len(slots))
+        return FramePlan(start + offsets, slots, self.num_frames)
+
+    def __call__(self, clip: Clip, reader: VideoReader | None = None,
+                 rng: np.random.Generator | None = None, train: bool = False) -> list[SampledClip]:
+        crops = [0.5] if train else crop_positions(self.num_crops)
+        chosen = self.select(clip, reader, rng, crops)
+        run, selections = chosen.run, chosen.selections
+        rows = np.flatnonzero(np.isin(run.slots, np.unique(np.concatenate([s.slots for s in selections]))))
+        if chosen.pixels is None:  # not decoded yet: decode only the frames holding selected patches
+            reader = chosen.reader or open_video(clip.path, self.backend)
+            frames = resize_shorter_side(reader.get_frames(run.frame_indices[rows]), self.size)
+        else:
+            frames = torch.stack([chosen.pixels[r] for r in rows])
+        views = []
+        for c, (pos, selection) in enumerate(zip(crops, selections, strict=True)):
+            cropped = crop_square(frames, self.size, pos).numpy()
+            if self.native_sparse:
+                out = pack(selection, cropped, run.slots[rows], self.patch_size)
+                positions = selection.positions
+                positions[:, 0] = self.frame_slots[positions[:, 0]]
+                layout = "packed"
+            else:
+                out = np.zeros((self.num_frames, self.size, self.size, 3), np.uint8)
+                out[run.slots[rows]] = cropped
+                positions = per_frame_sparse(selection, t="slot")[1]
+                layout = "sparse"
+            used = np.isin(run.slots, selection.slots)
+            views.append(SampledClip(clip_id=clip.clip_id, label=clip.label, frames=torch.from_numpy(out),
+                                     positions=torch.from_numpy(positions), layout=layout,
+                                     source_frames=run.frame_indices[used].tolist(), view=c,
+                                     signals=getattr(run, "signals", None)))
+        return views
+
+
 @register_sampler("codec")
 @dataclass
-class CodecSampler(SamplerConfig):
+class CodecSampler(BudgetSampler):
     """Codec patch-budget sampling: the `budget` patches richest in new information among all patches of
     `num_frames` frames at linspace over the clip (64 for OneVision), scored from the codec's motion
     vectors and residuals (`tasks.codec`), selected by `tasks.selection`.
@@ -201,10 +310,6 @@ class CodecSampler(SamplerConfig):
     video, span and codec settings, so other budgets and options reuse them.
     """
 
-    budget: int | None = None
-    frames_equiv: float | None = None
-    native_sparse: bool = False
-    keep_first_frame: bool = True
     static_fallback: bool = True
     static_frames: int = 4
     center_prior: float = 0.0
@@ -212,29 +317,17 @@ class CodecSampler(SamplerConfig):
     flat_std: float = 2.0
     camera: str = "similarity"
     fusion: str = "mean"
-    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_clips != 1:
-            raise ValueError("the codec sampler scores the whole clip at once; set num_clips=1")
-        self.k = resolve_budget(self.grid**2, self.budget, self.frames_equiv)
-        if self.k > self.num_frames * self.grid**2:
-            raise ValueError(
-                f"sampling.budget={self.k} is more than the {self.num_frames * self.grid**2} patches of the "
-                f"dense run ({self.num_frames} frames of {self.grid**2}); lower it or raise "
-                "sampling.args.num_frames"
-            )
-        if self.native_sparse:
-            check_packed_budget(self.k, self.grid**2)
         self.codec = CodecConfig(num_frames=self.num_frames, camera=self.camera, fusion=self.fusion)
         self.selection = SelectionConfig(self.keep_first_frame, self.static_fallback, self.static_frames,
                                          self.center_prior, time_buckets=self.time_buckets,
                                          flat_std=self.flat_std)
         self.cache = MapCache(Path(self.cache_dir)) if self.cache_dir else None
 
-    def __call__(self, clip: Clip, reader: VideoReader | None = None,
-                 rng: np.random.Generator | None = None, train: bool = False) -> list[SampledClip]:
+    def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
+               crops: list[float]) -> Chosen:
         def resized(frame) -> torch.Tensor:
             return resize_shorter_side(frame.to_ndarray(format="rgb24")[None], self.size)[0]
 
@@ -244,38 +337,65 @@ class CodecSampler(SamplerConfig):
             if start >= reader.num_frames:
                 start, end = clip_span(clip, reader.num_frames)
         maps, pixels = cached_analyse(clip.path, self.codec, start, end, self.cache, keep=resized)
-        if len(maps.slots) * self.grid**2 < self.k:  # too short for the budget: a bad clip, not a crash
-            raise VideoDecodeError(clip.path, f"clip {clip.clip_id} has {len(maps.slots)} frames, fewer "
-                                   f"patches than the budget of {self.k}; lower sampling.budget")
-        crops = [0.5] if train else crop_positions(self.num_crops)
+        self.check_length(clip, len(maps.slots))
         selections = []
         for pos in crops:
             box = crop_box(maps.frame_size, self.size, pos)
             scores = patch_scores(maps, (self.grid, self.grid), box)
             selections.append(select_patches(scores, self.k, self.selection, static=maps.static,
                                              contrast=maps.slot_contrast))
-        rows = np.flatnonzero(np.isin(maps.slots, np.unique(np.concatenate([s.slots for s in selections]))))
-        if pixels is None:  # cached maps: decode only the frames holding selected patches
-            reader = reader or open_video(clip.path, self.backend)
-            frames = resize_shorter_side(reader.get_frames(maps.frame_indices[rows]), self.size)
-        else:
-            frames = torch.stack([pixels[r] for r in rows])
-        views = []
-        for c, (pos, selection) in enumerate(zip(crops, selections, strict=True)):
-            cropped = crop_square(frames, self.size, pos).numpy()
-            if self.native_sparse:
-                out = pack(selection, cropped, maps.slots[rows], self.patch_size)
-                positions = selection.positions
-                positions[:, 0] = self.frame_slots[positions[:, 0]]
-                layout = "packed"
-            else:
-                out = np.zeros((self.num_frames, self.size, self.size, 3), np.uint8)
-                out[maps.slots[rows]] = cropped
-                positions = per_frame_sparse(selection, t="slot")[1]
-                layout = "sparse"
-            used = np.isin(maps.slots, selection.slots)
-            views.append(SampledClip(clip_id=clip.clip_id, label=clip.label, frames=torch.from_numpy(out),
-                                     positions=torch.from_numpy(positions), layout=layout,
-                                     source_frames=maps.frame_indices[used].tolist(), view=c,
-                                     signals=maps.signals))
-        return views
+        return Chosen(maps, selections, pixels, reader)
+
+
+@register_sampler("random")
+@dataclass
+class RandomSampler(BudgetSampler):
+    """The control for codec selection: K patches drawn uniformly at random from the codec sampler's
+    dense run (same frames, crop, budget, whole first frame and layouts), so the only difference from
+    `codec` is which patches. Training draws use the rng they are given (`probe.run.ViewSampler` seeds
+    one per seed, view and clip); test views draw from their own generator seeded by (`seed`, view,
+    clip id), so test features are the same in every run with that seed.
+    """
+
+    seed: int = 0
+
+    def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
+               crops: list[float]) -> Chosen:
+        reader = reader or open_video(clip.path, self.backend)
+        run = self.frame_plan(clip, reader)
+        clip_key = zlib.crc32(clip.clip_id.encode())
+        rngs = [rng] if rng is not None else [
+            np.random.default_rng([self.seed, view, clip_key, _TEST_STREAM]) for view in range(len(crops))
+        ]
+        if len(rngs) != len(crops):
+            raise ValueError("one rng draws one training view; test views (rng=None) draw their own")
+        selections = []
+        for draw in rngs:
+            scores = on_slots(draw.random((len(run.slots), self.grid, self.grid)), run.slots, run.num_slots)
+            selections.append(select_patches(scores, self.k, self.selection))
+        return Chosen(run, selections, reader=reader)
+
+
+_TEST_STREAM = 1  # keeps test views' generators apart from the training draws' (seed, view, clip)
+
+
+@register_sampler("pixel_diff")
+@dataclass
+class PixelDiffSampler(BudgetSampler):
+    """The plain-frame-difference baseline: the K patches of the codec sampler's dense run whose decoded
+    pixels changed most since the previous frame of the run (`tasks.selection.pixel_change`), with no
+    codec information; same budget, whole first frame and layouts as `codec`. Scoring needs every frame
+    of the run decoded (as uniform sampling of that many frames would), so there is nothing worth caching.
+    """
+
+    def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
+               crops: list[float]) -> Chosen:
+        reader = reader or open_video(clip.path, self.backend)
+        run = self.frame_plan(clip, reader)
+        frames = resize_shorter_side(reader.get_frames(run.frame_indices), self.size)
+        selections = []
+        for pos in crops:
+            change = pixel_change(crop_square(frames, self.size, pos).numpy(), self.patch_size)
+            scores = on_slots(change, run.slots, run.num_slots)
+            selections.append(select_patches(scores, self.k, self.selection))
+        return Chosen(run, selections, frames, reader)

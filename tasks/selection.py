@@ -232,3 +232,26 @@ def per_frame_sparse(selection: Selection, t: str = "index") -> tuple[np.ndarray
     if t == "index":
         positions[:, 0] = np.searchsorted(slots, positions[:, 0])
     return slots, positions
+
+
+def on_slots(values: np.ndarray, slots: np.ndarray, num_slots: int) -> np.ndarray:
+    """Scores of the run's frames `[n, Hp, Wp]` placed at their `slots` of a `[num_slots, Hp, Wp]` grid,
+    NaN on slots without a frame (what `select_patches` takes)."""
+    scores = np.full((num_slots, *values.shape[1:]), np.nan)
+    scores[slots] = values
+    return scores
+
+
+def pixel_change(frames: np.ndarray, patch: int) -> np.ndarray:
+    """`[T, Hp, Wp]` mean absolute change of each patch's pixels (all channels) from the previous frame;
+    the first frame has nothing to differ from and scores 0. `frames` is uint8 `[T, Hp * patch,
+    Wp * patch, C]` at the backbone's size, as the pixels the patches will be cut from."""
+    n, height, width, channels = frames.shape
+    if height % patch or width % patch:
+        raise ValueError(f"frames of {height}x{width} do not split into {patch}-pixel patches")
+    change = np.zeros((n, height // patch, width // patch))
+    if n > 1:
+        diff = np.abs(np.diff(frames.astype(np.int16), axis=0)).astype(np.float32)
+        change[1:] = diff.reshape(n - 1, height // patch, patch, width // patch, patch * channels).mean(
+            axis=(2, 4))
+    return change

@@ -42,12 +42,13 @@ def dry_run(script, *args: str, **env: str) -> list[list[str]]:
 
 
 def expected_setting(name: str) -> dict:
-    """What the file name promises: `<N>frames` (uniform) or `<N>kpatches_codec`."""
+    """What the file name promises: `<N>frames` (uniform) or `<N>kpatches_<sampler>` (codec, random,
+    pixel_diff: N x 1024 patches)."""
     if match := re.search(r"_(\d+)frames\.sh$", name):
         return {"name": "uniform", "frames_equiv": int(match[1]), "budget": None}
-    match = re.search(r"_(\d+)kpatches_codec\.sh$", name)
-    assert match, f"{name}: name it ..._<N>frames.sh or ..._<N>kpatches_codec.sh"
-    return {"name": "codec", "budget": int(match[1]) * 1024}
+    match = re.search(r"_(\d+)kpatches_(codec|random|pixel_diff)\.sh$", name)
+    assert match, f"{name}: name it ..._<N>frames.sh or ..._<N>kpatches_<codec|random|pixel_diff>.sh"
+    return {"name": match[2], "budget": int(match[1]) * 1024}
 
 
 def test_the_scripts_users_know_are_there():
@@ -57,6 +58,8 @@ def test_the_scripts_users_know_are_there():
         "eval_ov_encoder_large_16frames.sh",
         "eval_ov_encoder_large_2kpatches_codec.sh",
         "eval_ov_encoder_large_4kpatches_codec.sh",
+        "eval_ov_encoder_large_2kpatches_random.sh",
+        "eval_ov_encoder_large_2kpatches_pixel_diff.sh",
         "eval_siglip2_large_patch16_256_8frames.sh",
         "eval_dinov3_large_8frames.sh",
         "eval_qwen3vit_8frames.sh",
