@@ -1,11 +1,12 @@
 """The feature store: backbone tokens computed once per (clip, view, sampling config) and kept on disk.
 
-A store is a folder named by a fingerprint of everything that determines its content (backbone and
-weights, task, split, clip list, sampling config, seed, number of views, dtype). Clips are written in
-shards of `shard_size` clips, each shard as three `.npy` files (tokens `[S, V, N, D]`, positions
-`[S, V, N, 3]`, lengths `[S, V]`) plus a sidecar JSON with their sha256, written last as the shard's
-commit mark. Every file is written atomically (`probe.files`). A killed extraction resumes shard by
-shard; `manifest.json` is committed only once every shard exists. With several processes
+A store is a folder named by a fingerprint of everything that determines its content (the backbone's
+feature identity: weights, input size, compute dtype, tokens, preprocessing, sparse mode; task, split,
+clip list, sampling config, seed, number of views, store dtype). Clips are written in shards of
+`shard_size` clips, each shard as three `.npy` files (tokens `[S, V, N, D]`, positions `[S, V, N, 3]`,
+lengths `[S, V]`) plus a sidecar JSON with their sha256, written last as the shard's commit mark. Every
+file is written atomically (`probe.files`). A killed extraction resumes shard by shard; `manifest.json`
+is committed only once every shard exists. With several processes
 (`probe.distributed`) each extracts every world_size-th missing shard and process 0 commits the
 manifest. Readers memory-map the shards and pad every clip to the store's largest token count,
 returning a mask.
@@ -246,7 +247,7 @@ class StoreKey:
     """Everything that determines a store's content; its fingerprint names the store folder."""
 
     backbone: str
-    checkpoint: str
+    backbone_identity: Mapping[str, Any]  # `Backbone.feature_identity()`: weights, size, dtype, ...
     task: str
     split: str
     sampling: Mapping[str, Any]
@@ -304,7 +305,7 @@ def extract_features(
         raise ValueError(f"no clips to extract for task {task!r} split {split!r}")
     key = StoreKey(
         backbone=backbone.name,
-        checkpoint=backbone.fingerprint(),
+        backbone_identity=backbone.feature_identity(),
         task=task,
         split=split,
         sampling=dict(sampling),

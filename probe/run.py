@@ -257,7 +257,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             "embed_dim": backbone.embed_dim,
             "native_sparse": backbone.native_sparse,
             # How a sparse patch set is encoded (natively, or whole frames then gathered): compute differs.
-            "sparse_mode": getattr(backbone, "sparse_mode", "native" if backbone.native_sparse else "dense"),
+            "sparse_mode": backbone.sparse_mode,
+            # Everything that changes the tokens; the feature stores are keyed on it.
+            "feature_identity": backbone.feature_identity(),
         },
         "data": {
             "task": task.name,

@@ -115,7 +115,8 @@ def test_store_matches_backbone_and_is_reused(tmp_path: Path) -> None:
     assert store.labels.tolist() == [c.label for c in CLIPS]
     assert store.temporal_extent == FRAMES
     manifest = json.loads((store.path / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["checkpoint"] == "counting-v1" and manifest["dtype"] == "float16"
+    assert manifest["complete"] and manifest["dtype"] == "float16"
+    assert manifest["backbone_identity"]["weights"] == "counting-v1"
     assert [len(s["clips"]) for s in manifest["shards"]] == [4, 4, 2]
     assert np.load(store.path / "shard_00000.tokens.npy", mmap_mode="r").dtype == np.float16
 
