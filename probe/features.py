@@ -74,6 +74,10 @@ def _codec(name: str) -> Codec:
     return CODECS[name]
 
 
+class NonFiniteTokensError(RuntimeError):
+    """A backbone produced, or the store dtype could not hold, finite tokens for a clip."""
+
+
 @dataclass
 class FeatureBatch:
     """Tokens of B (clip, view) pairs padded to a common N; `mask` is True for real tokens."""
@@ -515,9 +519,32 @@ class _ShardWriter:
                         f"{self.backbone.name}.encode returned {tuple(out.shape)}, expected {expected}"
                     )
                 tokens = self.codec.encode(out.detach().cpu())
+                self._check_finite(chunk, out, tokens)
                 for (slot, v, sc), tok in zip(chunk, tokens, strict=True):
                     self.tokens[slot][v] = tok
                     self.positions[slot][v] = sc.positions.cpu().numpy().astype(np.int32)
+
+    def _check_finite(self, chunk: list[tuple[int, int, SampledClip]], out: torch.Tensor,
+                      stored: np.ndarray) -> None:
+        """Tokens must be finite as computed and as stored: inf/NaN would poison every probe trained on
+        the store (float16 overflows above 65,504, e.g. a residual stream of a large ViT)."""
+        finite = torch.isfinite(self.codec.decode(stored)).flatten(1).all(1)
+        if bool(finite.all()):
+            return
+        _, v, sc = chunk[int((~finite).nonzero()[0, 0])]
+        computed = torch.isfinite(out).flatten(1).all(1).cpu()
+        if bool(computed.all()):
+            store_dtype = next(name for name, codec in CODECS.items() if codec is self.codec)
+            cause = (f"finite as computed (largest |token| {out.abs().max().item():.4g}) but not in the "
+                     f"store's {store_dtype}; set extract.dtype=bfloat16 (float16 stops at 65,504)")
+        else:
+            dtype = next(self.backbone.parameters(), torch.empty(0)).dtype
+            cause = (f"inf/NaN as computed by the backbone in {str(dtype).removeprefix('torch.')}; set "
+                     "backbone.args.dtype=bfloat16 or float32 (and extract.dtype=bfloat16)")
+        raise NonFiniteTokensError(
+            f"{self.backbone.name}: clip {sc.clip_id!r} view {v} has inf/NaN tokens, {cause}. Shards "
+            f"written so far in {self.path} are kept."
+        )
 
     def write(self) -> None:
         """Write the arrays, then the sidecar (with their sha256) that commits the shard."""

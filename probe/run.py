@@ -321,6 +321,7 @@ class PrintSummary(Callback):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from backbones.registry import UnknownBackboneError
     from backbones.weights import CheckpointError
+    from probe.features import NonFiniteTokensError
     from probe.files import DiskFullError
     from probe.record import ResultsDirError, RunExistsError
     from tasks import AnnotationError, VideoDecodeError
@@ -334,6 +335,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         AnnotationError,
         VideoDecodeError,
         DiskFullError,
+        NonFiniteTokensError,
     )
 
 
