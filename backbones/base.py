@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+PROCESSOR_CONFIG = "preprocessor_config.json"
+# PIL's resampling codes in Hugging Face processor configs -> torch interpolation modes.
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,59 @@ class PreprocessSpec:
         std = x.new_tensor(self.std)
         x = (x - mean) / std
         return x.movedim(-1, -4)
+
+
+def release_preprocess(folder: Path, registered: PreprocessSpec, name: str) -> PreprocessSpec:
+    """`registered` with the mean, std and interpolation of the release's `preprocessor_config.json` in
+    `folder` (unchanged without one), warning where the release contradicts the registered entry.
+
+    The release's rescale factor and `do_normalize` are folded into mean and std. The input size stays
+    the registered one (each entry's size gives the suite's common patch grid; `input_size` changes it):
+    a release that declares another fixed size is warned about, not followed.
+    """
+    path = Path(folder) / PROCESSOR_CONFIG
+    if not path.is_file():
+        return registered
+    try:
+        config = json.loads(path.read_text())
+        scale = 255 * float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
+        if config.get("do_normalize", True):
+            mean = tuple(float(m) / scale for m in config.get("image_mean", registered.mean))
+            std = tuple(float(s) / scale for s in config.get("image_std", registered.std))
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1 / scale,) * 3
+        resample = config.get("resample")
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path} is not a processor config (image_mean, image_std, ...): {err}") from err
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"{path}: image_mean and image_std must hold 3 values (RGB), got {mean}, {std}")
+    interpolation = PIL_RESAMPLE.get(resample, registered.interpolation)
+    if resample is not None and resample not in PIL_RESAMPLE:
+        log.warning("%s: resample=%s has no torch equivalent; resizing %s", path, resample, interpolation)
+    spec = replace(registered, mean=mean, std=std, interpolation=interpolation)
+    for what in ("mean", "std"):
+        ours, theirs = getattr(registered, what), getattr(spec, what)
+        if any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs, strict=True)):
+            log.warning("%s: the release's %s %s replaces the registered %s (from %s)", name, what, theirs,
+                        ours, path)
+    size = _processor_size(config)
+    if size is not None and size != registered.size:
+        log.warning("%s: %s declares input size %d; the suite uses %d (the common patch grid); set "
+                    "backbone.args.input_size=%d for the release's", name, path, size, registered.size, size)
+    return spec
+
+
+def _processor_size(config: dict[str, Any]) -> int | None:
+    """The fixed square input size a processor config declares, or None (a patch or pixel budget)."""
+    size = config.get("crop_size") if config.get("do_center_crop") else config.get("size")
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        if "height" in size and size.get("height") == size.get("width"):
+            return int(size["height"])
+        if "shortest_edge" in size and "longest_edge" not in size:
+            return int(size["shortest_edge"])
+    return None
 
 
 class Backbone(nn.Module):

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from backbones.base import Backbone, PreprocessSpec
+from backbones.base import Backbone, PreprocessSpec, release_preprocess
 from backbones.registry import register_backbone
 from backbones.weights import (
     CheckpointError,
@@ -139,14 +139,18 @@ class FrameBackbone(Backbone):
                 "model.safetensors> or random_init=true"
             )
         else:
-            model, files = cls.load(source, parse_dtype(dtype), **config_overrides)
+            folder = resolve_checkpoint_dir(source)
+            model, files = cls.load(folder, parse_dtype(dtype), **config_overrides)
             fingerprint = files_fingerprint(files)
         backbone = cls(name, model, size, fingerprint, frame_batch)
         backbone.config_overrides = dict(config_overrides)
+        if not random_init:
+            backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
         return backbone
 
     @classmethod
-    def load(cls, source: str, dtype: torch.dtype, **config_overrides: Any) -> tuple[nn.Module, list[Path]]:
+    def load(cls, source: str | Path, dtype: torch.dtype, **config_overrides: Any
+             ) -> tuple[nn.Module, list[Path]]:
         """The tower from a folder holding it alone (`save_pretrained`) or a whole released model."""
         folder = resolve_checkpoint_dir(source)
         if not (folder / "config.json").is_file():

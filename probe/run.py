@@ -103,6 +103,7 @@ def build_sampler(sampling: dict[str, Any], backbone: Backbone, cache_dir: str) 
         temporal_slots=backbone.temporal_slots,
         num_clips=sampling["num_clips"],
         num_crops=sampling["num_crops"],
+        interpolation=backbone.preprocess.interpolation,
     )
     if sampling["name"] == "uniform":  # all patches of budget / per_frame frames
         if budget % per_frame:

@@ -123,6 +123,7 @@ class SamplerConfig:
     num_clips: int = 1
     num_crops: int = 1
     backend: str = "auto"
+    interpolation: str = "bicubic"  # how frames are resized: the backbone's `PreprocessSpec.interpolation`
 
     def __post_init__(self) -> None:
         if self.size % self.patch_size:
@@ -170,7 +171,7 @@ class UniformSampler(SamplerConfig):
         views = []
         for k in range(len(offsets)):
             part = slice(k * self.num_frames, (k + 1) * self.num_frames)
-            resized = resize_shorter_side(frames[part], self.size)
+            resized = resize_shorter_side(frames[part], self.size, self.interpolation)
             views += [
                 SampledClip(clip_id=clip.clip_id, label=clip.label,
                             frames=crop_square(resized, self.size, pos).contiguous(), positions=positions,
@@ -228,7 +229,8 @@ class CodecSampler(SamplerConfig):
     def __call__(self, clip: Clip, reader: VideoReader | None = None,
                  rng: np.random.Generator | None = None, train: bool = False) -> list[SampledClip]:
         def resized(frame) -> torch.Tensor:
-            return resize_shorter_side(frame.to_ndarray(format="rgb24")[None], self.size)[0]
+            rgb = frame.to_ndarray(format="rgb24")[None]
+            return resize_shorter_side(rgb, self.size, self.interpolation)[0]
 
         start, end = clip.start_frame, clip.end_frame
         if start:  # an annotated span: one starting past the end is the last frame, as in uniform sampling
@@ -248,7 +250,8 @@ class CodecSampler(SamplerConfig):
         rows = np.flatnonzero(np.isin(maps.slots, np.unique(np.concatenate([s.slots for s in selections]))))
         if pixels is None:  # cached maps: decode only the frames holding selected patches
             reader = reader or open_video(clip.path, self.backend)
-            frames = resize_shorter_side(reader.get_frames(maps.frame_indices[rows]), self.size)
+            frames = resize_shorter_side(reader.get_frames(maps.frame_indices[rows]), self.size,
+                                         self.interpolation)
         else:
             frames = torch.stack([pixels[r] for r in rows])
         views = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from backbones.base import Backbone, PreprocessSpec
+from backbones.base import Backbone, PreprocessSpec, release_preprocess
 from backbones.onevision.config import OneVisionConfig
 from backbones.onevision.model import OneVisionEncoder
 from backbones.registry import register_backbone
@@ -112,6 +112,9 @@ def build_onevision(
         )
     backbone = OneVisionBackbone(name, model, size, fingerprint)
     backbone.config_overrides = dict(config_overrides)
+    if not random_init:
+        folder = Path(model.checkpoint_files[0]).parent
+        backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
     return backbone
 
 
