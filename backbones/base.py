@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+PROCESSOR_CONFIG = "preprocessor_config.json"
+# PIL's resampling codes in Hugging Face processor configs -> torch interpolation modes.
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,59 @@ class PreprocessSpec:
         return x.movedim(-1, -4)
 
 
+def release_preprocess(folder: Path, registered: PreprocessSpec, name: str) -> PreprocessSpec:
+    """`registered` with the mean, std and interpolation of the release's `preprocessor_config.json` in
+    `folder` (unchanged without one), warning where the release contradicts the registered entry.
+
+    The release's rescale factor and `do_normalize` are folded into mean and std. The input size stays
+    the registered one (each entry's size gives the suite's common patch grid; `input_size` changes it):
+    a release that declares another fixed size is warned about, not followed.
+    """
+    path = Path(folder) / PROCESSOR_CONFIG
+    if not path.is_file():
+        return registered
+    try:
+        config = json.loads(path.read_text())
+        scale = 255 * float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
+        if config.get("do_normalize", True):
+            mean = tuple(float(m) / scale for m in config.get("image_mean", registered.mean))
+            std = tuple(float(s) / scale for s in config.get("image_std", registered.std))
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1 / scale,) * 3
+        resample = config.get("resample")
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path} is not a processor config (image_mean, image_std, ...): {err}") from err
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"{path}: image_mean and image_std must hold 3 values (RGB), got {mean}, {std}")
+    interpolation = PIL_RESAMPLE.get(resample, registered.interpolation)
+    if resample is not None and resample not in PIL_RESAMPLE:
+        log.warning("%s: resample=%s has no torch equivalent; resizing %s", path, resample, interpolation)
+    spec = replace(registered, mean=mean, std=std, interpolation=interpolation)
+    for what in ("mean", "std"):
+        ours, theirs = getattr(registered, what), getattr(spec, what)
+        if any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs, strict=True)):
+            log.warning("%s: the release's %s %s replaces the registered %s (from %s)", name, what, theirs,
+                        ours, path)
+    size = _processor_size(config)
+    if size is not None and size != registered.size:
+        log.warning("%s: %s declares input size %d; the suite uses %d (the common patch grid); set "
+                    "backbone.args.input_size=%d for the release's", name, path, size, registered.size, size)
+    return spec
+
+
+def _processor_size(config: dict[str, Any]) -> int | None:
+    """The fixed square input size a processor config declares, or None (a patch or pixel budget)."""
+    size = config.get("crop_size") if config.get("do_center_crop") else config.get("size")
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        if "height" in size and size.get("height") == size.get("width"):
+            return int(size["height"])
+        if "shortest_edge" in size and "longest_edge" not in size:
+            return int(size["shortest_edge"])
+    return None
+
+
 class Backbone(nn.Module):
     """A frozen encoder: uint8 frames plus token positions in, one token per position out.
 
@@ -41,6 +106,13 @@ class Backbone(nn.Module):
     preprocess: PreprocessSpec
     temporal_slots: int | None = None
     native_sparse: bool = False
+    # How a sparse patch set is encoded ("native": only the kept patches; other values name the way
+    # whole frames are encoded and the kept tokens gathered): the compute differs.
+    sparse_mode: str = "native"
+    # Which tokens the backbone returns (layer and kind); a family offering a choice overrides it.
+    tokens: str = "last_hidden_state"
+    # Architecture settings given at build time on top of the registered ones (set by the factory).
+    config_overrides: Mapping[str, Any] = MappingProxyType({})
 
     def encode(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """frames uint8 `[B, T, H, W, 3]`, positions int64 `[B, N, 3]` -> tokens `[B, N, D]`."""
@@ -49,3 +121,24 @@ class Backbone(nn.Module):
     def fingerprint(self) -> str:
         """Identifies the weights, so stored features are reused only for the same model."""
         raise NotImplementedError
+
+    def feature_identity(self) -> dict[str, Any]:
+        """Everything that changes this backbone's tokens: the feature store keys on it, so two
+        backbones with equal identities give equal tokens and anything else gets a store of its own.
+
+        Weights, input size and preprocessing (mean, std, interpolation), patch size, compute dtype,
+        which tokens are returned, how sparse patch sets are encoded, and architecture overrides. A
+        family with further token-changing arguments adds them (`super().feature_identity() | {...}`);
+        arguments that only change speed (batch sizes) stay out.
+        """
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        return {
+            "name": self.name,
+            "weights": self.fingerprint(),
+            "preprocess": asdict(self.preprocess),
+            "patch_size": self.patch_size,
+            "dtype": None if param is None else str(param.dtype).removeprefix("torch."),
+            "tokens": self.tokens,
+            "sparse_mode": self.sparse_mode,
+            "config_overrides": dict(self.config_overrides),
+        }

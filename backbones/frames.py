@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from backbones.base import Backbone, PreprocessSpec
+from backbones.base import Backbone, PreprocessSpec, release_preprocess
 from backbones.registry import register_backbone
 from backbones.weights import (
     CheckpointError,
@@ -132,17 +132,25 @@ class FrameBackbone(Backbone):
             spec = json.dumps({**config.to_dict(), "seed": seed, "class": cls.model_class.__name__},
                               sort_keys=True, default=str)
             fingerprint = "random-" + hashlib.sha256(spec.encode()).hexdigest()[:16]
-            return cls(name, model.to(parse_dtype(dtype)), size, fingerprint, frame_batch)
-        if source is None:
+            model = model.to(parse_dtype(dtype))
+        elif source is None:
             raise ValueError(
                 f"{name} has no released weights; pass checkpoint=<folder with config.json and "
                 "model.safetensors> or random_init=true"
             )
-        model, files = cls.load(source, parse_dtype(dtype), **config_overrides)
-        return cls(name, model, size, files_fingerprint(files), frame_batch)
+        else:
+            folder = resolve_checkpoint_dir(source)
+            model, files = cls.load(folder, parse_dtype(dtype), **config_overrides)
+            fingerprint = files_fingerprint(files)
+        backbone = cls(name, model, size, fingerprint, frame_batch)
+        backbone.config_overrides = dict(config_overrides)
+        if not random_init:
+            backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
+        return backbone
 
     @classmethod
-    def load(cls, source: str, dtype: torch.dtype, **config_overrides: Any) -> tuple[nn.Module, list[Path]]:
+    def load(cls, source: str | Path, dtype: torch.dtype, **config_overrides: Any
+             ) -> tuple[nn.Module, list[Path]]:
         """The tower from a folder holding it alone (`save_pretrained`) or a whole released model."""
         folder = resolve_checkpoint_dir(source)
         if not (folder / "config.json").is_file():

@@ -61,7 +61,6 @@ class Qwen3VitBackbone(FrameBackbone):
         backbone.tokens = tokens
         if tokens == "merged":
             backbone.embed_dim = backbone.model.config.out_hidden_size
-            backbone._fingerprint += "-merged"  # other features, other store
         return backbone
 
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

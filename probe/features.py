@@ -1,11 +1,12 @@
 """The feature store: backbone tokens computed once per (clip, view, sampling config) and kept on disk.
 
-A store is a folder named by a fingerprint of everything that determines its content (backbone and
-weights, task, split, clip list, sampling config, seed, number of views, dtype). Clips are written in
-shards of `shard_size` clips, each shard as three `.npy` files (tokens `[S, V, N, D]`, positions
-`[S, V, N, 3]`, lengths `[S, V]`) plus a sidecar JSON with their sha256, written last as the shard's
-commit mark. Every file is written atomically (`probe.files`). A killed extraction resumes shard by
-shard; `manifest.json` is committed only once every shard exists. With several processes
+A store is a folder named by a fingerprint of everything that determines its content (the backbone's
+feature identity: weights, input size, compute dtype, tokens, preprocessing, sparse mode; task, split,
+clip list, sampling config, seed, number of views, store dtype). Clips are written in shards of
+`shard_size` clips, each shard as three `.npy` files (tokens `[S, V, N, D]`, positions `[S, V, N, 3]`,
+lengths `[S, V]`) plus a sidecar JSON with their sha256, written last as the shard's commit mark. Every
+file is written atomically (`probe.files`). A killed extraction resumes shard by shard; `manifest.json`
+is committed only once every shard exists. With several processes
 (`probe.distributed`) each extracts every world_size-th missing shard and process 0 commits the
 manifest. Readers memory-map the shards and pad every clip to the store's largest token count,
 returning a mask.
@@ -74,6 +75,10 @@ def _codec(name: str) -> Codec:
     if name not in CODECS:
         raise ValueError(f"feature dtype {name!r} is unknown; choose one of {sorted(CODECS)}")
     return CODECS[name]
+
+
+class NonFiniteTokensError(RuntimeError):
+    """A backbone produced, or the store dtype could not hold, finite tokens for a clip."""
 
 
 @dataclass
@@ -253,7 +258,7 @@ class StoreKey:
     """Everything that determines a store's content; its fingerprint names the store folder."""
 
     backbone: str
-    checkpoint: str
+    backbone_identity: Mapping[str, Any]  # `Backbone.feature_identity()`: weights, size, dtype, ...
     task: str
     split: str
     sampling: Mapping[str, Any]
@@ -311,7 +316,7 @@ def extract_features(
         raise ValueError(f"no clips to extract for task {task!r} split {split!r}")
     key = StoreKey(
         backbone=backbone.name,
-        checkpoint=backbone.fingerprint(),
+        backbone_identity=backbone.feature_identity(),
         task=task,
         split=split,
         sampling=dict(sampling),
@@ -583,9 +588,32 @@ class _ShardWriter:
                         f"{self.backbone.name}.encode returned {tuple(out.shape)}, expected {expected}"
                     )
                 tokens = self.codec.encode(out.detach().cpu())
+                self._check_finite(chunk, out, tokens)
                 for (slot, v, sc), tok in zip(chunk, tokens, strict=True):
                     self.tokens[slot][v] = tok
                     self.positions[slot][v] = sc.positions.cpu().numpy().astype(np.int32)
+
+    def _check_finite(self, chunk: list[tuple[int, int, SampledClip]], out: torch.Tensor,
+                      stored: np.ndarray) -> None:
+        """Tokens must be finite as computed and as stored: inf/NaN would poison every probe trained on
+        the store (float16 overflows above 65,504, e.g. a residual stream of a large ViT)."""
+        finite = torch.isfinite(self.codec.decode(stored)).flatten(1).all(1)
+        if bool(finite.all()):
+            return
+        _, v, sc = chunk[int((~finite).nonzero()[0, 0])]
+        computed = torch.isfinite(out).flatten(1).all(1).cpu()
+        if bool(computed.all()):
+            store_dtype = next(name for name, codec in CODECS.items() if codec is self.codec)
+            cause = (f"finite as computed (largest |token| {out.abs().max().item():.4g}) but not in the "
+                     f"store's {store_dtype}; set extract.dtype=bfloat16 (float16 stops at 65,504)")
+        else:
+            dtype = next(self.backbone.parameters(), torch.empty(0)).dtype
+            cause = (f"inf/NaN as computed by the backbone in {str(dtype).removeprefix('torch.')}; set "
+                     "backbone.args.dtype=bfloat16 or float32 (and extract.dtype=bfloat16)")
+        raise NonFiniteTokensError(
+            f"{self.backbone.name}: clip {sc.clip_id!r} view {v} has inf/NaN tokens, {cause}. Shards "
+            f"written so far in {self.path} are kept."
+        )
 
     def write(self) -> None:
         """Write the arrays, then the sidecar (with their sha256) that commits the shard."""

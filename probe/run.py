@@ -107,6 +107,7 @@ def build_sampler(sampling: dict[str, Any], backbone: Backbone, cache_dir: str) 
         temporal_slots=backbone.temporal_slots,
         num_clips=sampling["num_clips"],
         num_crops=sampling["num_crops"],
+        interpolation=backbone.preprocess.interpolation,
     )
     if sampling["name"] == "uniform":  # all patches of budget / per_frame frames
         if budget % per_frame:
@@ -333,7 +334,9 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             "embed_dim": backbone.embed_dim,
             "native_sparse": backbone.native_sparse,
             # How a sparse patch set is encoded (natively, or whole frames then gathered): compute differs.
-            "sparse_mode": getattr(backbone, "sparse_mode", "native" if backbone.native_sparse else "dense"),
+            "sparse_mode": backbone.sparse_mode,
+            # Everything that changes the tokens; the feature stores are keyed on it.
+            "feature_identity": backbone.feature_identity(),
         },
         "data": {
             "task": task.name,
@@ -467,6 +470,7 @@ def _remove_if_empty(folder: Path, keep: set[str]) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from backbones.registry import UnknownBackboneError
     from backbones.weights import CheckpointError
+    from probe.features import NonFiniteTokensError
     from probe.files import DiskFullError, InUseError
     from probe.record import ResultsDirError, RunExistsError
     from probe.train import NonFiniteLossError
@@ -483,6 +487,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DiskFullError,
         NonFiniteLossError,
         InUseError,
+        NonFiniteTokensError,
     )
 
 

@@ -128,6 +128,7 @@ class SamplerConfig:
     num_clips: int = 1
     num_crops: int = 1
     backend: str = "auto"
+    interpolation: str = "bicubic"  # how frames are resized: the backbone's `PreprocessSpec.interpolation`
 
     def __post_init__(self) -> None:
         if self.size % self.patch_size:
@@ -175,7 +176,7 @@ class UniformSampler(SamplerConfig):
         views = []
         for k in range(len(offsets)):
             part = slice(k * self.num_frames, (k + 1) * self.num_frames)
-            resized = resize_shorter_side(frames[part], self.size)
+            resized = resize_shorter_side(frames[part], self.size, self.interpolation)
             views += [
                 SampledClip(clip_id=clip.clip_id, label=clip.label,
                             frames=crop_square(resized, self.size, pos).contiguous(), positions=positions,
@@ -265,7 +266,8 @@ class BudgetSampler(SamplerConfig):
         rows = np.flatnonzero(np.isin(run.slots, np.unique(np.concatenate([s.slots for s in selections]))))
         if chosen.pixels is None:  # not decoded yet: decode only the frames holding selected patches
             reader = chosen.reader or open_video(clip.path, self.backend)
-            frames = resize_shorter_side(reader.get_frames(run.frame_indices[rows]), self.size)
+            frames = resize_shorter_side(reader.get_frames(run.frame_indices[rows]), self.size,
+                                         self.interpolation)
         else:
             frames = torch.stack([chosen.pixels[r] for r in rows])
         views = []
@@ -329,7 +331,8 @@ class CodecSampler(BudgetSampler):
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
         def resized(frame) -> torch.Tensor:
-            return resize_shorter_side(frame.to_ndarray(format="rgb24")[None], self.size)[0]
+            rgb = frame.to_ndarray(format="rgb24")[None]
+            return resize_shorter_side(rgb, self.size, self.interpolation)[0]
 
         start, end = clip.start_frame, clip.end_frame
         if start:  # an annotated span: one starting past the end is the last frame, as in uniform sampling
@@ -392,7 +395,7 @@ class PixelDiffSampler(BudgetSampler):
                crops: list[float]) -> Chosen:
         reader = reader or open_video(clip.path, self.backend)
         run = self.frame_plan(clip, reader)
-        frames = resize_shorter_side(reader.get_frames(run.frame_indices), self.size)
+        frames = resize_shorter_side(reader.get_frames(run.frame_indices), self.size, self.interpolation)
         selections = []
         for pos in crops:
             change = pixel_change(crop_square(frames, self.size, pos).numpy(), self.patch_size)

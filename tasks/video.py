@@ -324,15 +324,19 @@ def crop_origin(height: int, width: int, size: int, position: float = 0.5) -> tu
     return top, left
 
 
-def resize_shorter_side(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 `[T, H, W, 3]` -> uint8 with the shorter side `size` (bicubic, antialiased), aspect kept."""
+def resize_shorter_side(frames: np.ndarray | torch.Tensor, size: int,
+                        interpolation: str = "bicubic") -> torch.Tensor:
+    """uint8 `[T, H, W, 3]` -> uint8 with the shorter side `size`, aspect kept; `interpolation` is
+    "bicubic" or "bilinear" (antialiased) or "nearest"."""
+    if interpolation not in ("bicubic", "bilinear", "nearest"):
+        raise ValueError(f"interpolation {interpolation!r} is not one of bicubic, bilinear, nearest")
     x = torch.as_tensor(frames)
     h, w = x.shape[1:3]
     out_hw = resized_shape(h, w, size)
     if out_hw == (h, w):
         return x
-    y = F.interpolate(x.permute(0, 3, 1, 2).float(), size=out_hw, mode="bicubic", antialias=True,
-                      align_corners=False)
+    smooth = dict(antialias=True, align_corners=False) if interpolation != "nearest" else {}
+    y = F.interpolate(x.permute(0, 3, 1, 2).float(), size=out_hw, mode=interpolation, **smooth)
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 

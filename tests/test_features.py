@@ -15,7 +15,7 @@ from torch import nn
 
 from backbones.base import Backbone, PreprocessSpec
 from backbones.registry import create_backbone
-from probe.features import FeatureStore, extract_features
+from probe.features import FeatureStore, NonFiniteTokensError, extract_features
 from tasks.clip import Clip, SampledClip
 
 PATCH, FRAMES, SIDE = 4, 2, 2  # 2 frames of 2x2 patches of 4x4 pixels: 8 tokens per view
@@ -115,7 +115,8 @@ def test_store_matches_backbone_and_is_reused(tmp_path: Path) -> None:
     assert store.labels.tolist() == [c.label for c in CLIPS]
     assert store.temporal_extent == FRAMES
     manifest = json.loads((store.path / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["checkpoint"] == "counting-v1" and manifest["dtype"] == "float16"
+    assert manifest["complete"] and manifest["dtype"] == "float16"
+    assert manifest["backbone_identity"]["weights"] == "counting-v1"
     assert [len(s["clips"]) for s in manifest["shards"]] == [4, 4, 2]
     assert np.load(store.path / "shard_00000.tokens.npy", mmap_mode="r").dtype == np.float16
 
@@ -250,3 +251,26 @@ def test_onevision_tiny_tokens_through_the_store(tmp_path: Path, fixtures: Path)
         )
     torch.testing.assert_close(batch.tokens, expected.float(), rtol=1e-2, atol=1e-2)
     assert torch.equal(batch.positions[2], positions)
+
+
+class ScaledBackbone(CountingBackbone):
+    """The toy encoder with tokens scaled past float16's range, or NaN from one clip on."""
+
+    def __init__(self, scale: float, nan_from: int | None = None) -> None:
+        super().__init__()
+        self.scale, self.nan_from = scale, nan_from
+
+    def encode(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = super().encode(frames, positions) * self.scale
+        if self.nan_from is not None and self.encoded > self.nan_from:
+            out[-1, 0, 0] = float("nan")
+        return out
+
+
+def test_tokens_beyond_the_store_dtype_are_an_error_naming_the_clip(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteTokensError, match=r"clip 'c0' view 0 .* set extract.dtype=bfloat16"):
+        _extract(ScaledBackbone(1e5), tmp_path / "fp16")
+    store = _extract(ScaledBackbone(1e5), tmp_path / "bf16", dtype="bfloat16")  # the suggested fix works
+    assert torch.isfinite(_all_pairs(store)[2].tokens).all()
+    with pytest.raises(NonFiniteTokensError, match=r"clip 'c1' view 1 .*as computed by the backbone"):
+        _extract(ScaledBackbone(1.0, nan_from=2), tmp_path / "nan", batch_size=2)

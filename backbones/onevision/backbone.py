@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from backbones.base import Backbone, PreprocessSpec
+from backbones.base import Backbone, PreprocessSpec, release_preprocess
 from backbones.onevision.config import OneVisionConfig
 from backbones.onevision.model import OneVisionEncoder
 from backbones.registry import register_backbone
-from backbones.weights import parse_dtype
+from backbones.weights import files_fingerprint, parse_dtype
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -99,19 +99,23 @@ def build_onevision(
             model = OneVisionEncoder(config)
         spec = json.dumps({**config.to_dict(), "seed": seed}, sort_keys=True)
         fingerprint = "random-" + hashlib.sha256(spec.encode()).hexdigest()[:16]
-        return OneVisionBackbone(name, model.to(parse_dtype(dtype)), size, fingerprint)
-    if source is None:
+        model = model.to(parse_dtype(dtype))
+    elif source is None:
         raise ValueError(
             f"{name} has no released weights; pass checkpoint=<folder with config.json and "
             "model.safetensors> or random_init=true"
         )
-    from backbones.weights import files_fingerprint
-
-    model = OneVisionEncoder.from_pretrained(source, dtype=dtype, **config_overrides)
-    fingerprint = files_fingerprint(
-        [*model.checkpoint_files, Path(model.checkpoint_files[0]).parent / "config.json"]
-    )
-    return OneVisionBackbone(name, model, size, fingerprint)
+    else:
+        model = OneVisionEncoder.from_pretrained(source, dtype=dtype, **config_overrides)
+        fingerprint = files_fingerprint(
+            [*model.checkpoint_files, Path(model.checkpoint_files[0]).parent / "config.json"]
+        )
+    backbone = OneVisionBackbone(name, model, size, fingerprint)
+    backbone.config_overrides = dict(config_overrides)
+    if not random_init:
+        folder = Path(model.checkpoint_files[0]).parent
+        backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
+    return backbone
 
 
 for _name in PRETRAINED:
