@@ -94,21 +94,38 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+POOL_NORMS: dict[str, Callable[[int], nn.Module]] = {"layer": nn.LayerNorm, "rms": nn.RMSNorm}
+KV_NORMS: dict[str, Callable[[int], nn.Module]] = {"layer": nn.LayerNorm, "none": lambda dim: nn.Identity()}
+
+
 class AttentionPool(nn.Module):
     """SigLIP2's MAP head: one learned query cross-attends to the tokens, then a residual MLP.
 
-    As in V-JEPA's pooler, the tokens are layer-normed first (they come straight from the store or
-    from the probe's own blocks) and the query is kept as a residual around the cross-attention,
-    which makes the head start learning sooner on small data.
+    Reference settings (V-JEPA's pooler): the tokens are layer-normed first (`kv_norm="layer"`: they
+    come straight from the store or from the probe's own blocks) and the query is kept as a residual
+    around the cross-attention (`query_residual`), which makes the head start learning sooner on small
+    data; LayerNorm before the MLP (`pool_norm`). The original suite's pooling head has neither of the
+    first two and RMSNorm before the MLP (`kv_norm="none"`, `query_residual=False`, `pool_norm="rms"`).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        kv_norm: str = "layer",
+        pool_norm: str = "layer",
+        query_residual: bool = True,
+        query_init_std: float = 0.02,
+    ) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.norm_kv = nn.LayerNorm(dim)
+        self.query_init_std = query_init_std
+        self.norm_kv = KV_NORMS[kv_norm](dim)
         self.attn = Attention(dim, num_heads)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = POOL_NORMS[pool_norm](dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.query_residual = query_residual
 
     def forward(
         self,
@@ -117,7 +134,8 @@ class AttentionPool(nn.Module):
         rotation: torch.Tensor | None = None,
     ) -> torch.Tensor:
         q = self.query.expand(x.shape[0], -1, -1)
-        q = q + self.attn(q, self.norm_kv(x), mask, rotation)
+        pooled = self.attn(q, self.norm_kv(x), mask, rotation)
+        q = q + pooled if self.query_residual else pooled
         q = q + self.mlp(self.norm(q))
         return q[:, 0]
 
@@ -258,7 +276,14 @@ class LayerNormTokens(nn.LayerNorm):
         return super().forward(x)
 
 
-INPUT_NORMS: dict[str, Callable[[int], nn.Module]] = {"layer": LayerNormTokens, "batch": TokenStandardize}
+class NoNorm(nn.Identity):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x
+
+
+INPUT_NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "layer": LayerNormTokens, "batch": TokenStandardize, "none": lambda dim: NoNorm(),
+}
 POSITIONS = ("none", "rope")
 
 
@@ -268,9 +293,9 @@ class AttentiveProbe(nn.Module):
     forward(tokens [B, N, D], positions [B, N, 3] (t, h, w) or None, mask [B, N] bool or None)
     -> logits [B, num_classes]; `mask` is True for real tokens and False for padding.
     Tokens are normalised on entry because stored features of different backbones differ in scale
-    (`norm`: "layer", the reference, or "batch", see the module docstring); the temporal embedding
-    (if any) is added after that norm so its scale is comparable. `positions="rope"` rotates the
-    pooling's keys and values by token position (module docstring).
+    (`norm`: "layer", the reference, "batch", see the module docstring, or "none" as the original); the
+    temporal embedding (if any) is added after that norm so its scale is comparable.
+    `positions="rope"` rotates the pooling's keys and values by token position (module docstring).
     """
 
     def __init__(
@@ -284,12 +309,18 @@ class AttentiveProbe(nn.Module):
         temporal_slots: int | None = None,
         norm: str = "layer",
         positions: str = "none",
+        kv_norm: str = "layer",
+        pool_norm: str = "layer",
+        query_residual: bool = True,
+        query_init_std: float = 0.02,
     ) -> None:
         super().__init__()
         for name, value, known in (
             ("temporal_pos", temporal_pos, TEMPORAL_EMBEDDINGS),
             ("norm", norm, INPUT_NORMS),
             ("positions", positions, POSITIONS),
+            ("kv_norm", kv_norm, KV_NORMS),
+            ("pool_norm", pool_norm, POOL_NORMS),
         ):
             if value not in known:
                 raise ValueError(f"{name} {value!r} is unknown; choose one of {sorted(known)}")
@@ -299,7 +330,9 @@ class AttentiveProbe(nn.Module):
         self.norm_in = INPUT_NORMS[norm](embed_dim)
         self.time = TEMPORAL_EMBEDDINGS[temporal_pos](embed_dim, temporal_slots)
         self.blocks = nn.ModuleList(Block(embed_dim, heads, mlp_ratio) for _ in range(depth))
-        self.pool = AttentionPool(embed_dim, heads, mlp_ratio)
+        self.pool = AttentionPool(
+            embed_dim, heads, mlp_ratio, kv_norm, pool_norm, query_residual, query_init_std
+        )
         self.rope = MixedRope(embed_dim // heads, heads, temporal_slots) if positions == "rope" else None
         self.norm_out = nn.LayerNorm(embed_dim)
         self.classifier = nn.Linear(embed_dim, num_classes)
@@ -339,4 +372,82 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.Embedding):
         nn.init.trunc_normal_(module.weight, std=0.02)
     elif isinstance(module, AttentionPool):
-        nn.init.trunc_normal_(module.query, std=0.02)
+        nn.init.trunc_normal_(module.query, std=module.query_init_std)
+
+
+class OriginalPool(nn.Module):
+    """The original suite's pooling head (`Siglip2MultiheadAttentionPoolingHead` of its
+    `model_factory/layers.py`), with its parameter names: a probe drawn from N(0, 1) attends to the raw
+    tokens through `nn.MultiheadAttention`; then y = a + MLP(RMSNorm(a)) on the attention output a (no
+    residual of the probe, no norm of keys and values)."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, dim))
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm = nn.RMSNorm(dim)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        probe = self.probe.expand(x.shape[0], -1, -1).to(x.dtype)
+        padding = None if mask is None or bool(mask.all()) else ~mask
+        a = self.attention(probe, x, x, key_padding_mask=padding, need_weights=False)[0]
+        return (a + self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm(a)))))[:, 0]
+
+
+class InterleavedSinusoidalTime(nn.Module):
+    """The original's temporal embedding for image backbones: sin and cos of t * 10000^(-2k/D)
+    interleaved per frequency (channel 2k: sin, 2k+1: cos), added to the raw tokens of frame t."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        freqs = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.float()[..., None] * self.freqs
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., : self.dim]
+
+
+class OriginalProbe(nn.Module):
+    """The original suite's classification head (`ClassificationHead` of its `attentive_probe.py`):
+    `OriginalPool` with max(1, D // 64) heads and a 4 D MLP, LayerNorm, linear classifier. Linear
+    layers (the attention's output projection included) start from a truncated normal of std 0.02 and
+    zero bias, the classifier is then scaled by 1e-3, the attention's input projection keeps torch's
+    Xavier init and the probe its N(0, 1). Parameter names are the original's, so its state dicts load
+    either way. `temporal_pos="sinusoidal"` adds the original's embedding for image backbones.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, num_heads: int | None = None,
+                 mlp_ratio: float = 4.0, temporal_pos: str = "none") -> None:
+        super().__init__()
+        if temporal_pos not in ("none", "sinusoidal"):
+            raise ValueError(f"the original head takes temporal_pos none or sinusoidal, not {temporal_pos!r}")
+        self.time = InterleavedSinusoidalTime(embed_dim) if temporal_pos == "sinusoidal" else None
+        self.pool = OriginalPool(embed_dim, num_heads or max(1, embed_dim // 64), int(embed_dim * mlp_ratio))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.fc = nn.Linear(embed_dim, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.fc.weight.mul_(CLASSIFIER_INIT_SCALE)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = tokens
+        if self.time is not None:
+            if positions is None:
+                raise ValueError("this probe encodes where tokens are and needs token positions")
+            x = x + self.time(positions[..., 0]).to(x.dtype)
+        return self.fc(self.norm(self.pool(x, mask)))
+
+
+HEADS: dict[str, type[nn.Module]] = {"attentive": AttentiveProbe, "original": OriginalProbe}

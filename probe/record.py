@@ -155,7 +155,7 @@ def check_writable(folder: str | Path, what: str = "results folder", setting: st
 
 
 def write_record(
-    slot: RunSlot, record: dict[str, Any], extra_files: dict[str, str] | None = None, kept: str = ""
+    slot: RunSlot, record: dict[str, Any], extra_files: dict[str, str | bytes] | None = None, kept: str = ""
 ) -> dict[str, Any]:
     """Write the run's folder and return the record as written. `kept` says what survives a full disk.
 
@@ -173,7 +173,7 @@ def write_record(
     files = {**(extra_files or {}), pending: json.dumps(record, indent=2, default=str)}
     try:
         for name, text in files.items():
-            data = text.encode()
+            data = text.encode() if isinstance(text, str) else text
             with disk_full_names(final / (RECORD_FILE if name == pending else name), kept, len(data)):
                 write_synced(tmp / name, lambda f, data=data: f.write(data))
     except BaseException:

@@ -16,8 +16,9 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from hydra.experimental.callback import Callback
 
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
-from probe.evaluate import clip_outcomes
+from probe.evaluate import classification_metrics, clip_outcomes, per_view_top1, predict
 from probe.features import FeatureStore, clips_digest, extract_features
 from probe.files import exclusive
 from probe.record import (
@@ -44,6 +45,8 @@ from probe.record import (
 )
 from probe.results import format_table, record_row
 from probe.schema import ConfigError, check_run_config
+from probe.stored import load_probe, probe_files
+from probe.stream import StreamingFeatures
 from probe.train import GridResult, HeadConfig, Recipe, split_train_val, train_probe_grid
 from tasks import (
     Clip,
@@ -57,6 +60,7 @@ from tasks import (
     list_tasks,
     open_video,
 )
+from tasks.augment import ColorJitter, summarise
 from tasks.dataset import sample_or_skip
 
 log = logging.getLogger("ovprobe")
@@ -87,6 +91,10 @@ def check_config(config: dict[str, Any]) -> None:
         config,
         {"backbone.name": list_backbones(), "task.name": list_tasks(), "sampling.name": list_samplers()},
     )
+    try:
+        Recipe(**config["probe"]["recipe"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"probe.recipe: {err}") from err
 
 
 def patch_budget(sampling: dict[str, Any], backbone: Backbone) -> tuple[int, int]:
@@ -128,12 +136,21 @@ def build_sampler(sampling: dict[str, Any], backbone: Backbone, cache_dir: str) 
         raise ConfigError(f"sampling={sampling['name']} with {backbone.name}: {err}") from err
 
 
+def view_rng(seed: int, view: int, clip_id: str, stream: int = 0) -> np.random.Generator:
+    """The generator of one training view of one clip: stream 0 draws its frames, stream 1 its jitter."""
+    key = [seed, view, zlib.crc32(clip_id.encode())]
+    return np.random.default_rng(key + [stream] if stream else key)
+
+
 @dataclass
 class ViewSampler:
     """clip -> its stored views: the test views, or `views` seeded training draws. Picklable for workers.
 
-    A clip that cannot be decoded is fatal under `on_bad_clip="error"`; under `"skip"` it becomes a
-    `SkippedClip` that the feature store records (with the reason) and the probe never sees.
+    Training view v of a clip draws its own frames (the sampler's offsets) and its own colour jitter,
+    each from a generator seeded by (seed, v, clip) (`view_rng`), so views differ from each other and a
+    seed reproduces them. A clip that cannot be decoded is fatal under `on_bad_clip="error"`; under
+    `"skip"` it becomes a `SkippedClip` that the feature store records (with the reason) and the probe
+    never sees.
     """
 
     sampler: Sampler
@@ -141,21 +158,56 @@ class ViewSampler:
     views: int
     seed: int
     on_bad_clip: str = "error"
+    jitter: ColorJitter | None = None
 
     def __call__(self, clip: Clip) -> list[SampledClip] | SkippedClip:
-        return sample_or_skip(clip, self.on_bad_clip, lambda: self._sample(clip))
+        return sample_or_skip(clip, self.on_bad_clip, lambda: self._sample(clip, range(self.views)))
 
-    def _sample(self, clip: Clip) -> list[SampledClip]:
+    def draw(self, clip: Clip, view: int) -> SampledClip | SkippedClip:
+        """Training view number `view` of `clip` alone (streaming mode: view = epoch)."""
+        out = sample_or_skip(clip, self.on_bad_clip, lambda: self._sample(clip, [view]))
+        return out if isinstance(out, SkippedClip) else out[0]
+
+    def _sample(self, clip: Clip, views: Iterable[int]) -> list[SampledClip]:
         reader = open_video(clip.path)
         if not self.train:
             return self.sampler(clip, reader, None, False)
         draws = []
-        for view in range(self.views):
-            rng = np.random.default_rng([self.seed, view, zlib.crc32(clip.clip_id.encode())])
-            (sampled,) = self.sampler(clip, reader, rng, True)
+        for view in views:
+            (sampled,) = self.sampler(clip, reader, view_rng(self.seed, view, clip.clip_id), True)
             sampled.view = view
+            if self.jitter is not None:
+                params = self.jitter.draw(view_rng(self.seed, view, clip.clip_id, stream=1))
+                sampled.frames = self.jitter.apply(sampled.frames, params)
             draws.append(sampled)
         return draws
+
+
+def color_jitter(config: dict[str, Any]) -> ColorJitter:
+    try:
+        return ColorJitter.from_config(config["augment"]["color_jitter"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"augment.color_jitter: {err}") from err
+
+
+AUGMENT_SUMMARY_CLIPS = 5000  # the record's jitter summary covers at most this many clips (all their views)
+
+
+def augmentation_record(config: dict[str, Any], clips: list[Clip], views: int) -> dict[str, Any]:
+    """How training views were augmented: the rule for frames, the jitter settings and what was drawn."""
+    jitter = color_jitter(config)
+    seed = config["seed"]
+    pairs = [(c, v) for c in clips[:AUGMENT_SUMMARY_CLIPS] for v in range(views)]
+    draws = [jitter.draw(view_rng(seed, v, c.clip_id, stream=1)) for c, v in pairs]
+    return {
+        "frames": "uniform: a random offset in every chunk; codec: each of the dense run's frames at a "
+        "random offset in its chunk; centre crop; seeded by (seed, view, clip)",
+        "views_per_clip": views,
+        "views": "stored once (extract.mode=store)" if config["extract"]["mode"] == "store"
+        else "drawn afresh every epoch (extract.mode=stream)",
+        "color_jitter": jitter.to_dict(),
+        "color_jitter_drawn": summarise(draws),
+    }
 
 
 def extract(
@@ -164,14 +216,17 @@ def extract(
     extract_cfg = config["extract"]
     views = extract_cfg["train_views"] if train else sampler.num_views
     sampling = {k: v for k, v in config["sampling"].items()}
+    jitter = color_jitter(config) if train else None
+    # What the training views are (frame rule, jitter settings): a change keys a new store.
+    augment = {"views": "own-offsets-v2", "color_jitter": jitter.to_dict()} if train else None
     return extract_features(
         backbone,
         task.clips(split),
-        ViewSampler(sampler, train, views, config["seed"], config["on_bad_clip"]),
+        ViewSampler(sampler, train, views, config["seed"], config["on_bad_clip"], jitter),
         root=Path(config["cache_dir"]).expanduser() / "features",
         task=task.name,
         split=split,
-        sampling={**sampling, "mode": "train" if train else "eval"},
+        sampling={**sampling, "mode": "train" if train else "eval", "augment": augment},
         seed=config["seed"],
         views=views,
         dtype=extract_cfg["dtype"],
@@ -214,6 +269,42 @@ def check_task(config: dict[str, Any], task: Task) -> None:
             f"{len(clips[splits[0]])} {splits[0]} clips (each class gives round(fraction x its clips)); "
             "raise probe.recipe.val_fraction"
         ) from err
+
+
+EXTRACT_MODES = ("store", "stream")
+
+
+def training_features(
+    config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler
+) -> FeatureStore | StreamingFeatures:
+    """The training split as the trainer reads it: a store of `extract.train_views` views per clip
+    (`extract.mode=store`), or views drawn and encoded afresh every epoch (`stream`)."""
+    split = config["task"]["train_split"]
+    if config["extract"]["mode"] == "store":
+        return extract(config, backbone, task, split, sampler, train=True)
+    jitter = color_jitter(config)
+    views = ViewSampler(sampler, True, 1, config["seed"], config["on_bad_clip"], jitter)
+    key = {"task": task.name, "split": split, "sampling": config["sampling"], "seed": config["seed"],
+           "augment": jitter.to_dict()}
+    return StreamingFeatures(backbone, task.clips(split), views.draw, key, sampler.num_frames,
+                             config["num_workers"], config["extract"]["batch_size"])
+
+
+def protocol_record(config: dict[str, Any], result: GridResult) -> dict[str, Any]:
+    """Which protocol ran and the settings that make its number what it is (README, "Comparing with
+    published numbers")."""
+    recipe = config["probe"]["recipe"]
+    return {
+        "name": config["protocol"]["name"],
+        "selection": result.selected.rule,
+        "train_fraction": 1.0 - recipe["val_fraction"],
+        "global_batch": recipe["batch_size"],
+        "epochs": recipe["epochs"],
+        "lrs": recipe["lrs"],
+        "wds": recipe["wds"],
+        "head": config["probe"]["head"]["kind"],
+        "extract_mode": config["extract"]["mode"],
+    }
 
 
 def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore) -> HeadConfig:
@@ -285,10 +376,12 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
         )
     sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
     budget, _ = patch_budget(config["sampling"], backbone)
+    if config["probe"].get("from_run"):
+        return evaluate_stored_probe(config, backbone, task, sampler, slot, device, budget)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    train_store = extract(config, backbone, task, config["task"]["train_split"], sampler, train=True)
+    train_store = training_features(config, backbone, task, sampler)
     timings["extract_train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     eval_store = extract(config, backbone, task, config["task"]["eval_split"], sampler, train=False)
@@ -345,7 +438,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             "eval_split": config["task"]["eval_split"],
             "train_clips": train_store.num_clips,
             "eval_clips": eval_store.num_clips,
-            "train_features": str(train_store.path),
+            "train_features": str(train_store.path or "streamed: encoded every epoch, not stored"),
             "eval_features": str(eval_store.path),
             "train_fingerprint": train_store.fingerprint,
             "eval_fingerprint": eval_store.fingerprint,
@@ -356,6 +449,12 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             "frames_equiv": budget / (backbone.preprocess.size // backbone.patch_size) ** 2,
             "tokens_per_clip": eval_store.num_tokens,
         },
+        "protocol": protocol_record(config, result),
+        "augmentation": augmentation_record(
+            config,
+            task.clips(config["task"]["train_split"]),
+            config["extract"]["train_views"] if config["extract"]["mode"] == "store" else recipe.epochs,
+        ),
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
         # Clips whose codec exports no motion vectors (codec sampling scored them by residuals alone).
         "residual_only_clips": residual_only,
@@ -389,8 +488,13 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     }
     kept = f"The trained probes are kept in {checkpoint}: the next run evaluates them and writes the record."
 
+    head = head_config(config, backbone, train_store)
+    about = {"backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint()}, "task": task.name,
+             "sampling": config["sampling"], "selected": record["metrics"]["selected"]}
+    probe = probe_files(head, train_store.embed_dim, task.num_classes, result.selected_state, about)
+
     def finish() -> dict[str, Any]:
-        written = write_record(slot, record, kept=kept)
+        written = write_record(slot, record, extra_files=probe, kept=kept)
         checkpoint.unlink(missing_ok=True)
         log.info("run record written to %s", slot.path)
         return written
@@ -413,6 +517,57 @@ class CheckResultsDir(Callback):
                 raise SystemExit(f"ovprobe: {err}") from err
 
     on_multirun_start = on_run_start
+
+
+def evaluate_stored_probe(
+    config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler, slot: RunSlot,
+    device: torch.device, budget: int,
+) -> dict[str, Any]:
+    """`probe.from_run=<run-id>`: the probe kept by that run, evaluated on this config's eval split
+    (any task with as many classes, same backbone weights) without training; its own record."""
+    started = time.perf_counter()
+    try:
+        stored = load_probe(config["results_dir"], config["probe"]["from_run"])
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+    if stored.meta["backbone"]["fingerprint"] != backbone.fingerprint():
+        raise ConfigError(
+            f"probe.from_run={config['probe']['from_run']} was trained on {stored.meta['backbone']['name']} "
+            f"({stored.meta['backbone']['fingerprint']}), not on {backbone.name} ({backbone.fingerprint()}); "
+            "pick the backbone it was trained on"
+        )
+    if stored.num_classes != task.num_classes:
+        raise ConfigError(
+            f"probe.from_run={config['probe']['from_run']} has {stored.num_classes} classes, task "
+            f"{task.name} {task.num_classes}; evaluate it on a task with the same classes"
+        )
+    eval_store = extract(config, backbone, task, config["task"]["eval_split"], sampler, train=False)
+    recipe = Recipe(**{**config["probe"]["recipe"], "seed": config["seed"]})
+    model = stored.build().to(device)
+    logits = predict([model], eval_store, np.arange(eval_store.num_clips), device, recipe.eval_batch_size)[0]
+    labels = eval_store.labels
+    metrics = classification_metrics(logits, labels, recipe.view_space, recipe.bootstrap, recipe.seed)
+    record = {
+        "config": config,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "protocol": "stored probe, evaluated without training",
+        "probe_from": {"run_dir": str(stored.run_dir), **stored.meta},
+        "backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint(),
+                     "random_weights": backbone.fingerprint().startswith("random-")},
+        "data": {"task": task.name, "num_classes": task.num_classes,
+                 "eval_split": config["task"]["eval_split"], "eval_clips": eval_store.num_clips,
+                 "eval_features": str(eval_store.path),
+                 "eval_fingerprint": eval_store.fingerprint},
+        "sampling": {"name": config["sampling"]["name"], "budget": budget,
+                     "frames_equiv": budget / (backbone.preprocess.size // backbone.patch_size) ** 2,
+                     "tokens_per_clip": eval_store.num_tokens},
+        "skipped_clips": {"eval": eval_store.skipped},
+        "metrics": {"test": asdict(metrics), "test_per_view_top1": per_view_top1(logits, labels),
+                    "selected": stored.meta.get("selected"), "num_test": eval_store.num_clips},
+        "timings": {"total_s": time.perf_counter() - started},
+    }
+    return distributed.on_main(lambda: write_record(slot, record))
 
 
 class PrintSummary(Callback):

@@ -21,6 +21,7 @@ the same (probe, epoch). Process 0 writes the checkpoint; all read it on resume.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -53,7 +54,7 @@ from probe.evaluate import (
 )
 from probe.features import Features
 from probe.files import atomic_write
-from probe.head import AttentiveProbe
+from probe.head import HEADS
 from tasks.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Architecture of every probe of a grid (see `AttentiveProbe`)."""
+    """Architecture of every probe of a grid: `kind` names the head (`probe.head.HEADS`: "attentive",
+    ours, or "original", the original suite's), the other fields its options (see `AttentiveProbe`);
+    a head takes the options it declares."""
 
+    kind: str = "attentive"
     num_heads: int | None = None
     mlp_ratio: float = 4.0
     depth: int = 0
@@ -70,9 +74,20 @@ class HeadConfig:
     temporal_slots: int | None = None
     norm: str = "layer"
     positions: str = "none"
+    kv_norm: str = "layer"
+    pool_norm: str = "layer"
+    query_residual: bool = True
+    query_init_std: float = 0.02
 
-    def build(self, embed_dim: int, num_classes: int) -> AttentiveProbe:
-        return AttentiveProbe(embed_dim, num_classes, **asdict(self))
+    def build(self, embed_dim: int, num_classes: int) -> torch.nn.Module:
+        if self.kind not in HEADS:
+            raise ValueError(f"probe head kind {self.kind!r} is unknown; choose one of {sorted(HEADS)}")
+        head = HEADS[self.kind]
+        takes = inspect.signature(head).parameters
+        return head(embed_dim, num_classes, **{k: v for k, v in asdict(self).items() if k in takes})
+
+
+SELECTIONS = {"val": "val", "test_max": "max over test epochs, original protocol"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,17 @@ class Recipe:
     bootstrap: int = 1000
     eval_batch_size: int = 64
     seed: int = 0
+    # "val": the (probe, epoch) best on validation, test evaluated once (ours). "test_max": the best test
+    # top-1 over epochs and probes, trained on the whole training split (val_fraction 0): the original
+    # protocol's number, optimistic by construction and labelled so in the record.
+    selection: str = "val"
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"recipe.selection={self.selection!r}; choose one of {', '.join(SELECTIONS)}")
+        if self.selection == "test_max" and (self.val_fraction != 0 or not self.track_test):
+            raise ValueError("recipe.selection=test_max trains on the whole training split and reads the "
+                             "test split every epoch: set val_fraction=0 and track_test=true")
 
 
 @dataclass(frozen=True)
@@ -110,20 +136,28 @@ def probe_grid(recipe: Recipe) -> list[ProbeSpec]:
 class EpochStats:
     epoch: int  # 1-based
     train_loss: float
-    val_top1: float
-    val_loss: float
+    val_top1: float | None  # None: no validation split (selection "test_max")
+    val_loss: float | None
     test_top1: float | None  # never used for selection
     lr: float  # at the end of the epoch
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The (probe, epoch) with the best validation top-1 (ties: lower validation loss, then earlier)."""
+    """The (probe, epoch) with the best validation top-1 (ties: lower validation loss, then earlier), or
+    under selection "test_max" the best test top-1 (ties: earlier)."""
 
     probe: str
     epoch: int
-    val_top1: float
-    val_loss: float
+    val_top1: float | None
+    val_loss: float | None
+    rule: str = SELECTIONS["val"]
+
+
+def _rank(stats: EpochStats, selection: str) -> tuple[float, float]:
+    if selection == "test_max":
+        return stats.test_top1, 0.0
+    return stats.val_top1, -stats.val_loss
 
 
 @dataclass(frozen=True)
@@ -148,11 +182,13 @@ class GridResult:
     num_test: int
     train_seconds: float  # this session only (a resumed run counts from its restart)
     test_view_logits: torch.Tensor = field(repr=False)  # [C, V, K] of the selected probe
+    selected_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # its weights
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (without the logits)."""
-        out = asdict(replace(self, test_view_logits=torch.empty(0)))  # asdict would deep-copy the logits
-        del out["test_view_logits"]
+        """JSON-ready summary (without the logits and weights)."""
+        # asdict would deep-copy the tensors
+        out = asdict(replace(self, test_view_logits=torch.empty(0), selected_state={}))
+        del out["test_view_logits"], out["selected_state"]
         return out
 
 
@@ -164,8 +200,10 @@ def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
         members = rng.permutation(np.flatnonzero(labels == c))
         val.append(members[: round(fraction * len(members))])
     val_idx = np.sort(np.concatenate(val))
-    if not len(val_idx):
+    if not len(val_idx) and fraction > 0:
         raise ValueError(f"val_fraction {fraction} leaves no validation clips out of {len(labels)}; raise it")
+    if not len(val_idx) and fraction == 0 and len(labels):
+        return np.arange(len(labels)), val_idx
     return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
 
 
@@ -246,6 +284,7 @@ def train_probe_grid(
     grid = _Grid(specs, train.embed_dim, num_classes, head, recipe, recipe.epochs * steps_per_epoch, device)
     curves: dict[str, list[EpochStats]] = {s.name: [] for s in specs}
     best: Selection | None = None
+    best_rank: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
     done = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -255,6 +294,8 @@ def train_probe_grid(
         grid.load_state_dict(saved)
         curves = {n: [EpochStats(**s) for s in c] for n, c in saved["curves"].items()}
         best = Selection(**saved["best"]) if saved["best"] else None
+        if best is not None:
+            best_rank = _rank(curves[best.probe][best.epoch - 1], recipe.selection)
         best_state = {k: v.cpu() for k, v in saved["best_state"].items()}
         done = saved["epoch"]
         log.info("resuming probe training from %s after epoch %d", ckpt, done)
@@ -284,8 +325,10 @@ def train_probe_grid(
                 strict=True,
             ):
                 curves[spec.name].append(stats)
-                if best is None or (stats.val_top1, -stats.val_loss) > (best.val_top1, -best.val_loss):
-                    best = Selection(spec.name, epoch + 1, stats.val_top1, stats.val_loss)
+                if best is None or _rank(stats, recipe.selection) > best_rank:
+                    best = Selection(spec.name, epoch + 1, stats.val_top1, stats.val_loss,
+                                     SELECTIONS[recipe.selection])
+                    best_rank = _rank(stats, recipe.selection)
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if distributed.is_main():
                 _log_epoch(epoch + 1, recipe.epochs, curves, best, time.perf_counter() - t0)
@@ -322,6 +365,7 @@ def train_probe_grid(
         num_test=test.num_clips,
         train_seconds=time.perf_counter() - started,
         test_view_logits=logits,
+        selected_state=best_state,
     )
 
 
@@ -341,6 +385,8 @@ def _train_epoch(
     rng = np.random.default_rng([recipe.seed, 2, epoch])
     order = rng.permutation(train_idx)
     views = rng.integers(train.num_views, size=len(order))
+    if getattr(train, "fresh_views", False):  # streamed features: epoch e draws its own view number e
+        views = np.full(len(order), epoch)
     sums = torch.zeros(len(grid.heads), device=device)
     for head in grid.heads:
         head.train()
@@ -384,7 +430,7 @@ def _check_finite(losses: list[float], specs: list[ProbeSpec], train: Features, 
         )
 
 
-def _sum_gradients(heads: list[AttentiveProbe]) -> None:
+def _sum_gradients(heads: list[torch.nn.Module]) -> None:
     """Sum every probe's gradients over the processes in one all-reduce (a no-op when alone)."""
     if distributed.world_size() == 1:
         return
@@ -405,20 +451,20 @@ def _score(
     device: torch.device,
 ) -> list[EpochStats]:
     """Each probe's epoch: validation top-1 and loss, and (tracking only) test top-1."""
-    val_logits = predict(grid.heads, train, val_idx, device, recipe.eval_batch_size)
+    val_logits = predict(grid.heads, train, val_idx, device, recipe.eval_batch_size) if len(val_idx) else None
     val_labels = torch.from_numpy(train.labels[val_idx])
     test_logits = None
     if recipe.track_test:
         test_logits = predict(grid.heads, test, np.arange(test.num_clips), device, recipe.eval_batch_size)
     out = []
     for p, scheduler in enumerate(grid.schedulers):
-        logp = aggregate_views(val_logits[p], recipe.view_space)
+        logp = None if val_logits is None else aggregate_views(val_logits[p], recipe.view_space)
         out.append(
             EpochStats(
                 epoch=epoch + 1,
                 train_loss=losses[p],
-                val_top1=topk_accuracy(logp, val_labels, 1),
-                val_loss=-logp.gather(1, val_labels[:, None]).mean().item(),
+                val_top1=None if logp is None else topk_accuracy(logp, val_labels, 1),
+                val_loss=None if logp is None else -logp.gather(1, val_labels[:, None]).mean().item(),
                 test_top1=None
                 if test_logits is None
                 else _top1(test_logits[p], test.labels, recipe.view_space),
@@ -446,20 +492,23 @@ def _log_epoch(
     epoch: int, epochs: int, curves: dict[str, list[EpochStats]], best: Selection, seconds: float
 ) -> None:
     last = {name: c[-1] for name, c in curves.items()}
-    leader = max(last, key=lambda n: (last[n].val_top1, -last[n].val_loss))
+    selection = "test_max" if last[best.probe].val_top1 is None else "val"
+    leader = max(last, key=lambda n: _rank(last[n], selection))
     tests = [s.test_top1 for s in last.values() if s.test_top1 is not None]
+    chosen = curves[best.probe][best.epoch - 1]
     log.info(
-        "epoch %d/%d | best val this epoch %s: loss %.4f val top-1 %.2f | max test top-1 %s | "
+        "epoch %d/%d | best this epoch %s: loss %.4f %s top-1 %.2f | max test top-1 %s | "
         "selected so far %s@%d (%.2f) | %.1fs",
         epoch,
         epochs,
         leader,
         last[leader].train_loss,
-        last[leader].val_top1,
+        "test" if selection == "test_max" else "val",
+        _rank(last[leader], selection)[0],
         f"{max(tests):.2f}" if tests else "-",
         best.probe,
         best.epoch,
-        best.val_top1,
+        _rank(chosen, selection)[0],
         seconds,
     )
 

@@ -523,16 +523,23 @@ def active_cells(motion: np.ndarray, residual: np.ndarray, cfg: CodecConfig) -> 
 # ----------------------------------------------------------------------------- frame plan and decoding
 
 
-def plan_slots(n_frames: int, num_slots: int) -> tuple[np.ndarray, np.ndarray]:
+def plan_slots(n_frames: int, num_slots: int,
+               jitter: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(frame offsets within the clip, temporal slots) for `num_slots` frames at linspace.
 
     A clip of at least `num_slots` frames gives one distinct frame per slot. A shorter clip keeps every
     frame once, spread over the slot grid at linspace so that t keeps meaning "fraction of the clip";
-    the slots in between stay empty (no patch can be selected there).
+    the slots in between stay empty (no patch can be selected there). `jitter` (a training view: one
+    fraction in [0, 1) per slot) moves slot i's frame to that fraction of the i-th of `num_slots` equal
+    chunks of the clip instead, still one distinct frame per slot.
     """
     if n_frames < 1:
         raise ValueError("the clip has no decodable frame")
     if n_frames >= num_slots:
+        if jitter is not None:
+            bounds = np.arange(num_slots + 1) * n_frames // num_slots  # whole-frame chunks: no repeats
+            frames = bounds[:-1] + np.floor(jitter * np.diff(bounds)).astype(np.int64)
+            return frames, np.arange(num_slots, dtype=np.int64)
         frames = np.rint(np.linspace(0, n_frames - 1, num_slots)).astype(np.int64)
         return frames, np.arange(num_slots, dtype=np.int64)
     slots = np.rint(np.linspace(0, num_slots - 1, n_frames)).astype(np.int64)
@@ -730,13 +737,14 @@ def _names_the_file(analysis: Callable[..., _T]) -> Callable[..., _T]:
 @_names_the_file
 def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int | None = None,
             end_frame: int | None = None, keep: Callable[[av.VideoFrame], np.ndarray] | None = None,
-            ) -> tuple[CodecMaps, list[np.ndarray] | None]:
+            jitter: np.ndarray | None = None) -> tuple[CodecMaps, list[np.ndarray] | None]:
     """Codec saliency maps of the clip ``[start_frame, end_frame)`` of `path`, in one decode pass.
 
     `keep`, if given, converts each sampled frame (e.g. to resized RGB) so callers need not decode
     again; its outputs come back in row order. The pass decodes from the start of the file (motion
     vectors need every frame in order) and stops at `end_frame`. If the file holds fewer (or, without
     `end_frame`, more) frames than its packets promised, the frames are re-planned and decoded again.
+    `jitter` moves the sampled frames within their chunks (`plan_slots`: training views).
     """
     path, cfg = Path(path), cfg or CodecConfig()
     start = start_frame or 0
@@ -745,7 +753,7 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
         raise ValueError(f"{path}: the clip [{start}, {end_frame}) holds no frame")
     stop = end_frame if end_frame is not None else 1 << 62
     for _attempt in range(2):
-        offsets, slots = plan_slots(n, cfg.num_frames)
+        offsets, slots = plan_slots(n, cfg.num_frames, jitter)
         wanted = {start + int(o): i for i, o in enumerate(offsets)}
         result = _DecodePass(wanted, cfg, keep).run(path, stop)
         available = result.decoded - start

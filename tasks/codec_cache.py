@@ -35,13 +35,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("OVPROBE_CACHE", ".cache")) / "codec"
 
 
-def fingerprint(path: Path, cfg: CodecConfig, start_frame: int | None, end_frame: int | None) -> str:
-    """Hex key of (file identity, clip span, codec config, cache format)."""
+def fingerprint(path: Path, cfg: CodecConfig, start_frame: int | None, end_frame: int | None,
+                jitter: np.ndarray | None = None) -> str:
+    """Hex key of (file identity, clip span, codec config, frame jitter of a training view, cache format)."""
     stat = path.stat()
     payload = {
         "path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         "span": [start_frame, end_frame], "config": asdict(cfg), "version": CACHE_VERSION,
     }
+    if jitter is not None:
+        payload["jitter"] = np.asarray(jitter, np.float64).round(12).tolist()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -108,17 +111,17 @@ class MapCache:
 def cached_analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int | None = None,
                    end_frame: int | None = None, cache: MapCache | None = None,
                    keep: Callable[[av.VideoFrame], np.ndarray] | None = None,
-                   ) -> tuple[CodecMaps, list[np.ndarray] | None]:
+                   jitter: np.ndarray | None = None) -> tuple[CodecMaps, list[np.ndarray] | None]:
     """`tasks.codec.analyse` through the cache. On a hit no frame is decoded and the pixels are None:
     the caller decodes `maps.frame_indices` itself (far cheaper than the full sequential pass)."""
     path, cfg = Path(path), cfg or CodecConfig()
     if cache is None:
-        return analyse(path, cfg, start_frame, end_frame, keep)
-    key = fingerprint(path, cfg, start_frame, end_frame)
+        return analyse(path, cfg, start_frame, end_frame, keep, jitter)
+    key = fingerprint(path, cfg, start_frame, end_frame, jitter)
     maps = cache.load(key)
     if maps is not None:
         return maps, None
-    maps, pixels = analyse(path, cfg, start_frame, end_frame, keep)
+    maps, pixels = analyse(path, cfg, start_frame, end_frame, keep, jitter)
     cache.store(key, maps)
     return maps, pixels
 

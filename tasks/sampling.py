@@ -83,6 +83,18 @@ def temporal_positions(num_frames: int, temporal_slots: int | None) -> np.ndarra
     return np.floor(np.arange(num_frames) * (temporal_slots - 1) / (num_frames - 1) + 0.5).astype(np.int64)
 
 
+def decoded_slots(indices: np.ndarray, start: int, stop: int, temporal_slots: int) -> np.ndarray:
+    """Each decoded frame's slot on the backbone's temporal grid from its own index, as the original
+    suite places OneVision's frames: t = round((idx - start) / (stop - 1 - start) * (S - 1)), halves to
+    even (torch.round), so a frame keeps its place in time whatever offset drew it."""
+    span = max(stop - 1 - start, 1)
+    return np.clip(np.rint((np.asarray(indices) - start) / span * (temporal_slots - 1)), 0,
+                   temporal_slots - 1).astype(np.int64)
+
+
+TEMPORAL_POSITIONS = ("decoded", "spread")
+
+
 def dense_positions(t: np.ndarray, grid: int) -> torch.Tensor:
     """`(t, h, w)` of every patch of every frame, frame-major raster order: `[len(t) * grid**2, 3]`."""
     tt, hh, ww = np.meshgrid(t, np.arange(grid), np.arange(grid), indexing="ij")
@@ -155,7 +167,23 @@ class UniformSampler(SamplerConfig):
     so one view takes the chunk centres) x `num_crops` spatial views; views are numbered
     `clip * num_crops + crop`. Training: one view, a random offset in every chunk, centre crop.
     Frames are resized (shorter side, bicubic) and cropped once, after decoding the sampled frames only.
+    On a temporal grid (OneVision) `temporal_positions="decoded"` puts each frame at the slot of its own
+    decoded index (`decoded_slots`, the original suite's rule); `"spread"` at fixed slots
+    (`temporal_positions`) whatever frame was decoded.
     """
+
+    temporal_positions: str = "decoded"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temporal_positions not in TEMPORAL_POSITIONS:
+            raise ValueError(f"temporal_positions={self.temporal_positions!r}; choose one of "
+                             f"{', '.join(TEMPORAL_POSITIONS)}")
+
+    def _slots(self, indices: np.ndarray, start: int, stop: int) -> np.ndarray:
+        if self.temporal_slots is None or self.temporal_positions == "spread":
+            return self.frame_slots
+        return decoded_slots(indices, start, stop, self.temporal_slots)
 
     def __call__(self, clip: Clip, reader: VideoReader | None = None,
                  rng: np.random.Generator | None = None, train: bool = False) -> list[SampledClip]:
@@ -172,10 +200,10 @@ class UniformSampler(SamplerConfig):
         indices = np.concatenate([chunk_indices(start, stop, self.num_frames, o) for o in offsets])
         frames = reader.get_frames(indices)  # one decode pass for all temporal views
         indices = np.minimum(indices, reader.num_frames - 1)  # the reader may have learned a shorter stream
-        positions = dense_positions(self.frame_slots, self.grid)
         views = []
         for k in range(len(offsets)):
             part = slice(k * self.num_frames, (k + 1) * self.num_frames)
+            positions = dense_positions(self._slots(indices[part], start, stop), self.grid)
             resized = resize_shorter_side(frames[part], self.size, self.interpolation)
             views += [
                 SampledClip(clip_id=clip.clip_id, label=clip.label,
@@ -251,10 +279,12 @@ class BudgetSampler(SamplerConfig):
             raise VideoDecodeError(clip.path, f"clip {clip.clip_id} has {frames} frames, fewer "
                                    f"patches than the budget of {self.k}; lower sampling.budget")
 
-    def frame_plan(self, clip: Clip, reader: VideoReader) -> FramePlan:
-        """The codec sampler's dense run (`tasks.codec.plan_slots` over the clip's span) for a reader."""
+    def frame_plan(self, clip: Clip, reader: VideoReader, rng: np.random.Generator | None) -> FramePlan:
+        """The codec sampler's dense run (`tasks.codec.plan_slots` over the clip's span) for a reader; a
+        training view (`rng`) draws its own frame in each chunk, as the codec sampler's do."""
         start, stop = clip_span(clip, reader.num_frames)
-        offsets, slots = plan_slots(stop - start, self.num_frames)
+        jitter = rng.random(self.num_frames) if rng is not None else None
+        offsets, slots = plan_slots(stop - start, self.num_frames, jitter)
         self.check_length(clip, len(slots))
         return FramePlan(start + offsets, slots, self.num_frames)
 
@@ -307,9 +337,11 @@ class CodecSampler(BudgetSampler):
       where a frame holds no selected patch, so clips batch with one shape), positions the K kept
       tokens with t indexing those frames (`tasks.selection.per_frame_sparse`); the backbone encodes
       the frames positions point to and keeps those tokens.
-    `num_crops` spatial views each select their own patches from the same maps; the selection is
-    deterministic, so training draws the centre view. Maps are cached under `cache_dir` (if set) per
-    video, span and codec settings, so other budgets and options reuse them.
+    `num_crops` spatial views each select their own patches from the same maps. A training view takes
+    the centre crop and, given an rng, its own frames: each of the `num_frames` at a random fraction of
+    its chunk of the clip (`tasks.codec.plan_slots`) instead of at linspace. Maps are cached under
+    `cache_dir` (if set) per video, span, codec settings and frame jitter, so other budgets and options
+    reuse them.
     """
 
     static_fallback: bool = True
@@ -339,7 +371,9 @@ class CodecSampler(BudgetSampler):
             reader = reader or open_video(clip.path, self.backend)
             if start >= reader.num_frames:
                 start, end = clip_span(clip, reader.num_frames)
-        maps, pixels = cached_analyse(clip.path, self.codec, start, end, self.cache, keep=resized)
+        jitter = rng.random(self.num_frames) if rng is not None else None  # a training view's own frames
+        maps, pixels = cached_analyse(clip.path, self.codec, start, end, self.cache, keep=resized,
+                                      jitter=jitter)
         self.check_length(clip, len(maps.slots))
         selections = []
         for pos in crops:
@@ -365,7 +399,7 @@ class RandomSampler(BudgetSampler):
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
         reader = reader or open_video(clip.path, self.backend)
-        run = self.frame_plan(clip, reader)
+        run = self.frame_plan(clip, reader, rng)
         clip_key = zlib.crc32(clip.clip_id.encode())
         rngs = [rng] if rng is not None else [
             np.random.default_rng([self.seed, view, clip_key, _TEST_STREAM]) for view in range(len(crops))
@@ -394,7 +428,7 @@ class PixelDiffSampler(BudgetSampler):
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
         reader = reader or open_video(clip.path, self.backend)
-        run = self.frame_plan(clip, reader)
+        run = self.frame_plan(clip, reader, rng)
         frames = resize_shorter_side(reader.get_frames(run.frame_indices), self.size, self.interpolation)
         selections = []
         for pos in crops:

@@ -137,3 +137,86 @@ def test_probe_option_errors() -> None:
     tokens, _ = _tokens()
     with pytest.raises(ValueError, match="needs token positions"):
         AttentiveProbe(64, 5, positions="rope", temporal_slots=4)(tokens)
+
+
+def _reference_original_head(state: dict[str, torch.Tensor], x: torch.Tensor, heads: int) -> torch.Tensor:
+    """The original suite's pooling head, from its documented equations (not its code):
+    q = W_q p + b_q, K = X W_k^T + b_k, V = X W_v^T + b_v (W_q, W_k, W_v stacked in in_proj_weight),
+    a = W_o concat_h softmax(q_h K_h^T / sqrt(d_h)) V_h + b_o, y = a + fc2(gelu(fc1(RMSNorm(a)))),
+    logits = fc(LayerNorm(y))."""
+    b, n, d = x.shape
+    dh = d // heads
+    w_q, w_k, w_v = state["pool.attention.in_proj_weight"].chunk(3)
+    b_q, b_k, b_v = state["pool.attention.in_proj_bias"].chunk(3)
+    p = state["pool.probe"].expand(b, 1, d)
+    q = (p @ w_q.T + b_q).view(b, 1, heads, dh).transpose(1, 2)
+    k = (x @ w_k.T + b_k).view(b, n, heads, dh).transpose(1, 2)
+    v = (x @ w_v.T + b_v).view(b, n, heads, dh).transpose(1, 2)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / dh**0.5, dim=-1) @ v
+    a = attn.transpose(1, 2).reshape(b, 1, d) @ state["pool.attention.out_proj.weight"].T
+    a = a + state["pool.attention.out_proj.bias"]
+    eps = torch.finfo(a.dtype).eps
+    rms = a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + eps) * state["pool.norm.weight"]
+    hidden = torch.nn.functional.gelu(rms @ state["pool.mlp.fc1.weight"].T + state["pool.mlp.fc1.bias"])
+    y = (a + hidden @ state["pool.mlp.fc2.weight"].T + state["pool.mlp.fc2.bias"])[:, 0]
+    y = torch.nn.functional.layer_norm(y, (d,), state["norm.weight"], state["norm.bias"])
+    return y @ state["fc.weight"].T + state["fc.bias"]
+
+
+def test_original_head_matches_the_original_pooling_head() -> None:
+    from probe.train import HeadConfig
+
+    torch.manual_seed(0)
+    d, classes = 128, 7
+    head = HeadConfig(kind="original").build(d, classes).eval()
+    expected = {
+        "pool.probe": (1, 1, d),
+        "pool.attention.in_proj_weight": (3 * d, d),
+        "pool.attention.in_proj_bias": (3 * d,),
+        "pool.attention.out_proj.weight": (d, d),
+        "pool.attention.out_proj.bias": (d,),
+        "pool.norm.weight": (d,),
+        "pool.mlp.fc1.weight": (4 * d, d),
+        "pool.mlp.fc1.bias": (4 * d,),
+        "pool.mlp.fc2.weight": (d, 4 * d),
+        "pool.mlp.fc2.bias": (d,),
+        "norm.weight": (d,),
+        "norm.bias": (d,),
+        "fc.weight": (classes, d),
+        "fc.bias": (classes,),
+    }
+    state = head.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+    assert head.pool.attention.num_heads == 2  # D // 64
+    # initialisation: probe N(0, 1), output projection and MLP trunc-normal 0.02, classifier x 1e-3
+    assert 0.8 < state["pool.probe"].std().item() < 1.2
+    assert state["pool.mlp.fc1.weight"].std().item() == pytest.approx(0.02, rel=0.1)
+    assert state["pool.attention.out_proj.weight"].std().item() == pytest.approx(0.02, rel=0.1)
+    assert 0 < state["fc.weight"].std().item() < 1e-4
+    # forward against the hand-written equations, with visible logits
+    torch.nn.init.normal_(head.fc.weight)
+    torch.nn.init.normal_(head.pool.attention.in_proj_bias)
+    tokens = torch.randn(3, 10, d) * 3 + 1
+    reference = _reference_original_head(head.state_dict(), tokens, heads=2)
+    torch.testing.assert_close(head(tokens), reference, rtol=1e-4, atol=1e-4)
+    # padding masked out changes nothing
+    padded = torch.cat([tokens, 50 * torch.randn(3, 4, d)], dim=1)
+    mask = torch.arange(14)[None].expand(3, -1) < 10
+    torch.testing.assert_close(head(padded, None, mask), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_attentive_head_options_reach_the_original_equations() -> None:
+    """With the original's options, our head computes the original's pooling (up to its layout)."""
+    torch.manual_seed(0)
+    probe = AttentiveProbe(64, 5, norm="none", kv_norm="none", query_residual=False, pool_norm="rms",
+                           query_init_std=1.0).eval()
+    assert isinstance(probe.pool.norm, torch.nn.RMSNorm) and isinstance(probe.pool.norm_kv, torch.nn.Identity)
+    assert probe.pool.query.std().item() > 0.5
+    torch.nn.init.normal_(probe.classifier.weight)
+    tokens, positions = _tokens()
+    pool = probe.pool
+    a = pool.attn(pool.query.expand(3, -1, -1), tokens, None)
+    y = (a + pool.mlp(pool.norm(a)))[:, 0]
+    torch.testing.assert_close(probe(tokens, positions), probe.classifier(probe.norm_out(y)))
+    with pytest.raises(ValueError, match="pool_norm"):
+        AttentiveProbe(64, 5, pool_norm="batch")

@@ -96,6 +96,48 @@ def test_run_writes_a_complete_record_and_reuses_it(tmp_path, encode_calls):
     ).read_text()
 
 
+def test_the_selected_probe_is_kept_and_re_evaluated_to_the_same_metrics(tmp_path, encode_calls):
+    record = run(small(tmp_path))
+    folder = tmp_path / "results" / record["run_id"]
+    about = json.loads((folder / "probe.json").read_text())
+    assert about["head"]["kind"] == "attentive" and about["num_classes"] == 8
+    assert about["selected"] == record["metrics"]["selected"]
+    assert (folder / "probe.safetensors").stat().st_size > 0
+    encode_calls.clear()
+    again = run(small(tmp_path, f"probe.from_run={record['run_id']}"))
+    assert encode_calls == []  # the test features come from the store, and nothing trains
+    assert again["run_id"] != record["run_id"] and again["probe_from"]["run_dir"] == str(folder)
+    assert again["metrics"]["test"] == record["metrics"]["test"]
+    with pytest.raises(ConfigError, match="holds no probe.json"):
+        run(small(tmp_path, "probe.from_run=no-such-run"))
+
+
+def test_original_protocol_streams_fresh_views_and_reports_the_test_maximum(tmp_path, encode_calls):
+    overrides = [o for o in small_overrides(tmp_path) if not o.startswith("probe.recipe.")]
+    overrides += ["protocol=original", "probe.recipe.epochs=3", "probe.recipe.batch_size=8",
+                  "probe.recipe.bootstrap=50"]
+    record = run(compose_config(overrides))
+    stored = json.loads((tmp_path / "results" / record["run_id"] / "record.json").read_text())
+    protocol = stored["protocol"]
+    assert protocol["name"] == "original" and protocol["head"] == "original"
+    assert protocol["selection"] == "max over test epochs, original protocol"
+    assert protocol["train_fraction"] == 1.0 and protocol["global_batch"] == 8
+    assert protocol["lrs"] == [1e-4] and protocol["wds"] == [0.0] and protocol["extract_mode"] == "stream"
+    augmentation = stored["augmentation"]
+    assert augmentation["views"].startswith("drawn afresh every epoch")
+    assert augmentation["views_per_clip"] == 3
+    assert augmentation["color_jitter"]["brightness_mode"] == "multiplier"
+    metrics = stored["metrics"]
+    assert metrics["num_train"] == 32 and metrics["num_val"] == 0
+    (curve,) = metrics["curves"].values()
+    assert metrics["test"]["top1"] == max(s["test_top1"] for s in curve)
+    assert metrics["selected"]["rule"] == protocol["selection"]
+    # the backbone encoded every training clip once per epoch (nothing stored) and the test clips once
+    assert sum(encode_calls) == 3 * 32 + 16
+    about = json.loads((tmp_path / "results" / record["run_id"] / "probe.json").read_text())
+    assert about["head"]["kind"] == "original"
+
+
 @pytest.mark.parametrize(
     "overrides, error, message",
     [

@@ -13,6 +13,7 @@ from tasks.sampling import (
     UniformSampler,
     chunk_indices,
     create_sampler,
+    decoded_slots,
     list_samplers,
     temporal_positions,
 )
@@ -28,6 +29,34 @@ def test_frames_spread_over_the_64_slot_grid_of_onevision() -> None:
     assert temporal_positions(1, 64).tolist() == [0]
     with pytest.raises(ValueError, match="do not fit"):
         temporal_positions(65, 64)
+
+
+def original_slots(indices: list[int], total: int, slots: int = 64) -> torch.Tensor:
+    """The original suite's OneVision temporal position: round(idx / (total - 1) * (slots - 1)), torch's
+    rounding (halves to even), clamped to the grid; written from its documented formula."""
+    t = torch.tensor(indices, dtype=torch.float32) / max(total - 1, 1) * (slots - 1)
+    return torch.round(t).long().clamp(0, slots - 1)
+
+
+def test_onevision_positions_follow_the_decoded_frame_indices(fixtures: Path) -> None:
+    path = fixtures / "videos" / "cup.mp4"  # 217 frames
+    # the original's rule on its own test-time indices int(seg * i + seg / 2), seg = (217 - 1) / 8
+    original = original_slots([int(27 * i + 13.5) for i in range(8)], 217)
+    assert original.tolist() == [4, 12, 20, 27, 35, 43, 51, 59]
+    ours = decoded_slots(np.array([13, 40, 67, 94, 121, 148, 175, 202]), 0, 217, 64)
+    assert ours.tolist() == original.tolist()
+    clip = Clip("cup", path, 0)
+    decoded = UniformSampler(num_frames=8, size=56, patch_size=14, temporal_slots=64)
+    spread = UniformSampler(num_frames=8, size=56, patch_size=14, temporal_slots=64,
+                            temporal_positions="spread")
+    for train, rng in ((False, None), (True, np.random.default_rng(3))):
+        (view,) = decoded(clip, None, rng, train)
+        t = view.positions.view(8, -1, 3)[:, 0, 0]
+        assert t.tolist() == original_slots(view.source_frames, 217).tolist()
+    (view,) = spread(clip)
+    assert view.positions.view(8, -1, 3)[:, 0, 0].tolist() == [0, 9, 18, 27, 36, 45, 54, 63]
+    image = UniformSampler(num_frames=8, size=56, patch_size=14)  # no temporal grid: frame order
+    assert image(clip)[0].positions.view(8, -1, 3)[:, 0, 0].tolist() == list(range(8))
 
 
 def test_chunk_centres_at_test_time_and_random_offsets_within_chunks_in_training() -> None:
@@ -56,9 +85,9 @@ def test_uniform_views_of_a_real_video(fixtures: Path) -> None:
     # temporal view k takes fraction (k + 0.5) / 2 of each 27.125-frame chunk
     assert views[0].source_frames == [int((i + 0.25) * 217 / 8) for i in range(8)]
     assert views[3].source_frames == [int((i + 0.75) * 217 / 8) for i in range(8)]
-    # positions: frame-major raster, t on the 64-slot grid
+    # positions: frame-major raster, t on the 64-slot grid at each decoded frame's own index
     pos = views[0].positions.view(8, grid, grid, 3)
-    assert pos[:, 0, 0, 0].tolist() == [0, 9, 18, 27, 36, 45, 54, 63]
+    assert pos[:, 0, 0, 0].tolist() == original_slots(views[0].source_frames, 217).tolist()
     assert (pos[2, :, :, 1] == torch.arange(grid)[:, None]).all()
     assert (pos[2, :, :, 2] == torch.arange(grid)[None, :]).all()
     # the crops are the left, centre and right squares of the frames resized to shorter side 112

@@ -1,0 +1,113 @@
+"""Streaming mode (`extract.mode=stream`): training features encoded on demand, never stored.
+
+Every epoch draws each training clip's view afresh (view number = epoch, so its own frames and colour
+jitter, seeded by (seed, epoch, clip)), the backbone encodes the batch, and every probe of the grid
+trains on it: the original protocol's augmentation, at the cost of one backbone pass per clip and
+epoch. To the trainer it is one more `Features` (`probe.train`), with `fresh_views` set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from backbones import Backbone
+from probe.features import ExtractStats, FeatureBatch, _make_batch, clips_digest
+from tasks import Clip, SampledClip, SkippedClip
+
+
+class StreamingFeatures:
+    """Training clips whose `batch(clips, views)` decodes, samples and encodes view `views[i]` of each.
+
+    A clip that cannot be decoded (under `on_bad_clip=skip`) is dropped from its batch and listed in
+    `skipped`, as a store lists it.
+    """
+
+    fresh_views = True
+    path = None  # nothing on disk
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        clips: Sequence[Clip],
+        draw: Callable[[Clip, int], SampledClip | SkippedClip],
+        key: dict,
+        num_frames: int,
+        num_workers: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        self.backbone, self.clips, self.draw = backbone, list(clips), draw
+        self.labels = np.asarray([c.label for c in self.clips], dtype=np.int64)
+        self.num_clips, self.num_views = len(self.clips), 1
+        self.embed_dim = backbone.embed_dim
+        self.temporal_extent = num_frames  # image backbones: t indexes the sampled frames
+        self.num_tokens = 0  # known once a batch is encoded
+        self.batch_size = batch_size
+        self.skipped: dict[str, str] = {}
+        # What a store also records (codec clips scored without vectors, clips to retry); a stream keeps
+        # no store, so each epoch tries every clip afresh.
+        self.residual_only: list[str] = []
+        self.unreadable: list[str] = []
+        self.retried: list[str] = []
+        self.path = None
+        self.extraction = ExtractStats()
+        self.device = next(backbone.parameters(), torch.empty(0)).device
+        self.pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+        blob = {**key, "backbone": backbone.fingerprint(), "clips": clips_digest(self.clips)}
+        self.fingerprint = "stream-" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()
+                                                       ).hexdigest()[:16]
+
+    def _views(self, clips: np.ndarray, views: np.ndarray) -> list[SampledClip | SkippedClip]:
+        jobs = [(self.clips[int(c)], int(v)) for c, v in zip(clips, views, strict=True)]
+        if self.pool is None:
+            return [self.draw(clip, view) for clip, view in jobs]
+        return list(self.pool.map(lambda job: self.draw(*job), jobs))
+
+    @torch.no_grad()  # not inference_mode: the probes train on these tensors
+    def batch(self, clips: np.ndarray, views: np.ndarray) -> FeatureBatch:
+        t0 = time.perf_counter()
+        sampled = self._views(np.asarray(clips), np.asarray(views))
+        self.extraction.wait_s += time.perf_counter() - t0
+        kept: list[tuple[int, SampledClip]] = []
+        for i, item in enumerate(sampled):
+            if isinstance(item, SkippedClip):
+                self.skipped[item.clip_id] = item.reason
+            else:
+                kept.append((i, item))
+        tokens: list[torch.Tensor] = []
+        for start in range(0, len(kept), self.batch_size):
+            chunk = [sc for _, sc in kept[start : start + self.batch_size]]
+            tokens += self._encode(chunk)
+        n = max((t.shape[0] for t in tokens), default=0)
+        self.num_tokens = max(self.num_tokens, n)
+        labels = self.labels[np.asarray(clips)[[i for i, _ in kept]]]
+        padded = torch.zeros(len(kept), n, self.embed_dim)
+        positions = torch.zeros(len(kept), n, 3, dtype=torch.int64)
+        for j, (t, (_, sc)) in enumerate(zip(tokens, kept, strict=True)):
+            padded[j, : t.shape[0]], positions[j, : t.shape[0]] = t, sc.positions
+        lengths = torch.tensor([t.shape[0] for t in tokens], dtype=torch.int64)
+        return _make_batch(padded, positions, lengths, labels)
+
+    def _encode(self, chunk: list[SampledClip]) -> list[torch.Tensor]:
+        """Encode views of one shape together (codec views of a budget share theirs)."""
+        out: list[torch.Tensor | None] = [None] * len(chunk)
+        groups: dict[tuple, list[int]] = {}
+        for i, sc in enumerate(chunk):
+            groups.setdefault((tuple(sc.frames.shape), tuple(sc.positions.shape)), []).append(i)
+        for members in groups.values():
+            frames = torch.stack([chunk[i].frames for i in members]).to(self.device)
+            positions = torch.stack([chunk[i].positions for i in members]).to(self.device)
+            t0 = time.perf_counter()
+            tokens = self.backbone.encode(frames, positions)
+            self.extraction.encode_s += time.perf_counter() - t0
+            self.extraction.views += len(members)
+            self.extraction.tokens += tokens.shape[0] * tokens.shape[1]
+            for i, t in zip(members, tokens.float().cpu(), strict=True):
+                out[i] = t
+        return out
