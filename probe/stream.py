@@ -55,7 +55,6 @@ class StreamingFeatures:
         self.residual_only: list[str] = []
         self.unreadable: list[str] = []
         self.retried: list[str] = []
-        self.path = None
         self.extraction = ExtractStats()
         self.device = next(backbone.parameters(), torch.empty(0)).device
         self.pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
