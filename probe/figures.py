@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from probe.results import backbone_label  # noqa: E402
+
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
 FIGURE_HEIGHT = 2.8
 DPI = 200  # PNG pixels per inch: a figure is (3.4 x 2.8) in -> 680 x 560 px
@@ -56,7 +58,7 @@ COST_LABELS = {"tokens": "tokens per clip", "seconds_per_clip": "decode + sample
 
 def backbone_colour(name: str) -> str:
     """A fixed colour per backbone: by family prefix, else by a stable hash of the name."""
-    base = name.removesuffix(" (random)")
+    base = name
     for prefix, colour in sorted(FAMILY_COLOURS.items(), key=lambda kv: -len(kv[0])):
         if base.startswith(prefix):
             return colour
@@ -111,7 +113,8 @@ def accuracy_vs_budget(runs: pd.DataFrame, stem: str | Path, metric: str = "top1
         budgets = sorted(runs["budget"].unique())
         ax.set_xticks(budgets, [str(int(b)) for b in budgets])
         ax.minorticks_off()
-        ax.set_xlabel("patch budget per clip")
+        ax.set_xlabel("patch budget per clip" + ("\n(error bars: 95% bootstrap interval over test clips)"
+                                                  if metric == "top1" else ""))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(_title(runs, f"{METRIC_LABELS.get(metric, metric)} vs patch budget"))
         fig.legend(loc="outside lower center", ncol=2, frameon=False)
@@ -139,8 +142,13 @@ def accuracy_vs_cost(runs: pd.DataFrame, stem: str | Path, cost: str = "tokens",
         fig, ax = _figure()
         for (backbone, sampling), group in runs.groupby(["backbone", "sampling"], sort=True):
             _, marker = _sampling_style(sampling)
-            ax.scatter(group[cost], group[metric], color=backbone_colour(backbone), marker=marker, s=12,
-                       label=_label(backbone, sampling), zorder=3)
+            errors = None
+            if metric == "top1":
+                errors = np.stack([group[metric] - group["top1_low"], group["top1_high"] - group[metric]])
+                errors = errors.clip(min=0.0)
+            ax.errorbar(group[cost], group[metric], yerr=errors, color=backbone_colour(backbone),
+                        marker=marker, markersize=3.5, linestyle="none", capsize=1.5, elinewidth=0.6,
+                        label=_label(backbone, sampling), zorder=3)
         front = runs.iloc[pareto_front(runs[cost].to_numpy(float), runs[metric].to_numpy(float))]
         ax.step(front[cost], front[metric], where="post", color="black", linewidth=0.8, label="frontier")
         _chance(ax, runs)
@@ -149,7 +157,8 @@ def accuracy_vs_cost(runs: pd.DataFrame, stem: str | Path, cost: str = "tokens",
             ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.minorticks_off()
-        ax.set_xlabel(COST_LABELS.get(cost, cost))
+        ax.set_xlabel(COST_LABELS.get(cost, cost) + ("\n(error bars: 95% bootstrap interval over test clips)"
+                                                     if metric == "top1" else ""))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(_title(runs, f"{METRIC_LABELS.get(metric, metric)} vs cost"))
         fig.legend(loc="outside lower center", ncol=2, frameon=False)
@@ -157,12 +166,12 @@ def accuracy_vs_cost(runs: pd.DataFrame, stem: str | Path, cost: str = "tokens",
 
 
 def _label(backbone: str, sampling: str) -> str:
-    return f"{backbone.removesuffix(' (random)')}, {sampling}"
+    return f"{backbone_label(backbone)}, {sampling}"
 
 
 def _title(runs: pd.DataFrame, what: str) -> str:
     """`task: what`, saying so when a backbone has random weights (the legend leaves it out)."""
-    random = runs["backbone"].str.endswith(" (random)").any()
+    random = bool(runs["random_weights"].any())
     return f"{runs['task'].iloc[0]}: {what}" + (" (random weights)" if random else "")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     metrics = record["metrics"]
     test = metrics["test"]
     grid_max = metrics.get("best_test_over_grid") or {}
-    backbone = record["backbone"]["name"] + (" (random)" if record["backbone"]["random_weights"] else "")
+    random_weights = bool(record["backbone"]["random_weights"])
     config = record.get("config", {})
     eval_clips = record["data"].get("eval_clips") or 0
     extract_eval_s = record.get("timings", {}).get("extract_eval_s")
@@ -60,7 +60,9 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": record.get("run_id"),
         "config_hash": config_hash(config, record.get("identity")) if config else None,
-        "backbone": backbone,
+        "backbone": record["backbone"]["name"],  # the config key: what --where and the CSV use
+        "random_weights": random_weights,
+        "backbone_label": backbone_label(record["backbone"]["name"], random_weights),
         "task": record["data"]["task"],
         "sampling": sampling["name"],
         "budget": sampling["budget"],
@@ -85,6 +87,22 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Human names of the backbone families, by config-key prefix (tables and figures; CSVs keep the keys).
+FAMILY_NAMES = {
+    "onevision": "OneVision-Encoder",
+    "siglip2": "SigLIP2",
+    "dinov3": "DINOv3",
+    "qwen3vit": "Qwen3-VL ViT",
+}
+
+
+def backbone_label(name: str, random_weights: bool = False) -> str:
+    """`onevision_large` -> "OneVision-Encoder large"; " (random weights)" where they are."""
+    family, _, size = name.partition("_")
+    label = f"{FAMILY_NAMES[family]} {size.replace('_', ' ')}".strip() if family in FAMILY_NAMES else name
+    return label + (" (random weights)" if random_weights else "")
+
+
 def _setting(sampling: dict[str, Any]) -> str:
     """What backbones are compared at: uniform runs by frames (patches per frame differ between
     backbones), the others by patch budget."""
@@ -94,7 +112,7 @@ def _setting(sampling: dict[str, Any]) -> str:
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
-    value = row[key]
+    value = row["backbone_label"] if key == "backbone" else row[key]
     if key == "top1":
         return f"{value:.1f} [{row['top1_low']:.1f}, {row['top1_high']:.1f}]"
     if isinstance(value, float):
@@ -158,7 +176,13 @@ def apply_filters(frame: pd.DataFrame, filters: Iterable[str]) -> pd.DataFrame:
             raise ValueError(
                 f"filter {text!r}: use COLUMN=VALUE[,VALUE]; columns: {', '.join(frame.columns)}"
             )
-        match = frame[column].map(_as_text).isin({v.strip() for v in values.split(",")})
+        wanted = {v.strip() for v in values.split(",")}
+        present = frame[column].map(_as_text)
+        if not negate and not present.isin(wanted).any():
+            raise ValueError(
+                f"filter {text!r} matches no run; {column} holds: {', '.join(sorted(set(present)))}"
+            )
+        match = present.isin(wanted)
         frame = frame[~match if negate else match]
     return frame.reset_index(drop=True)
 
@@ -187,35 +211,54 @@ def repeated_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Table:
-    """A pivot: mean values, how many runs each cell averages, and a title; optionally a difference
-    between two of its columns per row (`difference`, `paired_difference`), shown after them."""
+    """A pivot: mean values, how many runs each cell averages, and a title; for top-1 the cells' 95%
+    bootstrap intervals (`low`, `high`: the runs' bounds, averaged where a cell averages runs).
+    `compare` says which cells compete for bold: along each "column" (backbones on a task) or "row"
+    (samplings at a budget); a cell is bold only when its interval lies above every competitor's.
+    Optionally a difference between two of its columns per row (`difference`, `paired_difference`),
+    shown after them. `labels`: display names for index values (config keys stay in the CSV)."""
 
     title: str
     values: pd.DataFrame
     counts: pd.DataFrame
+    low: pd.DataFrame | None = None
+    high: pd.DataFrame | None = None
+    compare: str = "column"
     difference: pd.DataFrame | None = None
     difference_label: str = ""
+    labels: dict[Any, str] = field(default_factory=dict)
 
 
 def pivot(frame: pd.DataFrame, index: str | list[str], columns: str | list[str], metric: str = "top1",
-          title: str = "", average: bool = False) -> Table:
+          title: str = "", average: bool = False, compare: str = "column") -> Table:
     """`metric` averaged over the runs of each (index, columns) cell; `average` adds a mean column."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of: {', '.join(METRICS)}")
-    values = frame.pivot_table(index=index, columns=columns, values=metric, aggfunc="mean")
-    counts = frame.pivot_table(index=index, columns=columns, values=metric, aggfunc="count")
-    counts = counts.reindex_like(values).fillna(0).astype(int)
+
+    def table(values: str, how: str = "mean") -> pd.DataFrame:
+        return frame.pivot_table(index=index, columns=columns, values=values, aggfunc=how)
+
+    values = table(metric)
+    counts = table(metric, "count").reindex_like(values).fillna(0).astype(int)
+    low = high = None
+    if metric == "top1":
+        low, high = (table(k).reindex_like(values) for k in ("top1_low", "top1_high"))
     if average:
         values["average"] = values.mean(axis=1, skipna=False)
         counts["average"] = 1
-    return Table(title or METRICS[metric], values, counts)
+        if low is not None:  # no interval for an average of tasks: it is never bold
+            low["average"], high["average"] = np.nan, np.nan
+    return Table(title or METRICS[metric], values, counts, low, high, compare)
 
 
 def paper_tables(frame: pd.DataFrame, metric: str = "top1") -> dict[str, Table]:
     """The paper's tables: backbones x tasks (+ average) per setting (uniform: N frames, codec: N
     patches), and budgets x sampling per backbone and task. Keys are file stems."""
     tables: dict[str, Table] = {}
-    for setting, runs in frame.groupby("setting", sort=True):
+    labels = dict(zip(frame["backbone"], frame["backbone_label"], strict=True))
+    order = sorted(frame["setting"].unique(), key=_setting_order)
+    for setting in order:
+        runs = frame[frame["setting"] == setting]
         sampling, amount = setting.rsplit("_", 1)
         count, unit = amount[:-1], "frame" if amount.endswith("f") else "patch"
         amount = f"{count} {unit}" + ("" if count == "1" else "es" if unit == "patch" else "s")
@@ -223,10 +266,11 @@ def paper_tables(frame: pd.DataFrame, metric: str = "top1") -> dict[str, Table]:
             runs, "backbone", "task", metric, average=True,
             title=f"{METRICS[metric]}: backbones x tasks, {sampling} sampling, {amount}",
         )
+        tables[f"backbones_tasks_{setting}"].labels = labels
     for (task, backbone), runs in frame.groupby(["task", "backbone"], sort=True):
         table = pivot(
-            runs, ["budget", "frames_equiv"], "sampling", metric,
-            title=f"{METRICS[metric]}: {backbone} on {task}, budget (patches, frames) x sampling",
+            runs, ["budget", "frames_equiv"], "sampling", metric, compare="row",
+            title=f"{METRICS[metric]}: {labels[backbone]} on {task}, budget (patches, frames) x sampling",
         )
         if metric == "top1" and set(CONTROL) <= set(runs["sampling"]):
             table.difference = paired_difference(runs, *CONTROL, ["budget", "frames_equiv"])
@@ -275,17 +319,41 @@ def _outcomes(folder: str | Path) -> tuple[str, np.ndarray] | None:
     return None if entry is None else (entry["ids_sha256"], read_outcomes(entry))
 
 
+def _setting_order(setting: str) -> tuple[str, float, str]:
+    """"uniform_2f" before "uniform_16f", "codec_256p" before "codec_2048p": by sampling, then number."""
+    sampling, amount = setting.rsplit("_", 1)
+    return sampling, float(amount[:-1]), amount[-1]
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_")
 
 
 def _best(table: Table) -> pd.DataFrame:
-    """True where a cell holds its column's best value."""
-    return table.values.eq(table.values.max(), axis=1) & table.values.notna()
+    """True where a cell is the best of its competitors (`table.compare`) beyond its interval: its lower
+    bound is above every competitor's upper bound. Without intervals nothing is bold."""
+    best = pd.DataFrame(False, index=table.values.index, columns=table.values.columns)
+    if table.low is None:
+        return best
+    axis = 0 if table.compare == "column" else 1
+    values, low, high = (t.to_numpy(float) for t in (table.values, table.low, table.high))
+    if axis == 1:
+        values, low, high = values.T, low.T, high.T
+    flags = np.zeros(values.shape, bool)
+    for j in range(values.shape[1]):
+        present = np.flatnonzero(~np.isnan(values[:, j]) & ~np.isnan(low[:, j]))
+        if len(present) < 2:
+            continue
+        top = present[np.argmax(values[present, j])]
+        others = present[present != top]
+        flags[top, j] = bool(np.all(low[top, j] > high[others, j]))
+    best.iloc[:, :] = flags if axis == 0 else flags.T
+    return best
 
 
-def _labels(index: pd.Index) -> list[str]:
-    return [" / ".join(_fmt(v) for v in (i if isinstance(i, tuple) else (i,))) for i in index]
+def _labels(index: pd.Index, names: dict[Any, str] | None = None) -> list[str]:
+    names = names or {}
+    return [names.get(i, " / ".join(_fmt(v) for v in (i if isinstance(i, tuple) else (i,)))) for i in index]
 
 
 def _fmt(value: Any) -> str:
@@ -304,7 +372,10 @@ def _cells(table: Table, bold: str) -> list[list[str]]:
             if pd.isna(value):
                 cells.append("-")
                 continue
-            text = bold.format(f"{value:.1f}") if best.iat[r, c] else f"{value:.1f}"
+            text = f"{value:.1f}"
+            if table.low is not None and not pd.isna(table.low.iat[r, c]):
+                text += f" [{table.low.iat[r, c]:.1f}, {table.high.iat[r, c]:.1f}]"
+            text = bold.format(text) if best.iat[r, c] else text
             cells.append(text + (f" (n={count})" if count > 1 else ""))
         rows.append(cells)
     return rows
@@ -326,31 +397,45 @@ def _difference_cells(table: Table) -> tuple[list[str], list[list[str]]]:
     return [f"{table.difference_label} (95% paired bootstrap)"], cells
 
 
+def caption(table: Table) -> str:
+    """What the numbers and the bold mean, for the note under a table."""
+    text = table.title + "."
+    if table.low is not None:
+        best = "the best of its column" if table.compare == "column" else "the best sampling at its budget"
+        text += (f" Brackets: 95% bootstrap interval over the test clips. Bold: {best}, with an interval "
+                 "above all others' (none where intervals overlap).")
+    return text
+
+
 def to_markdown(table: Table) -> str:
-    """The table in Markdown, best per column in bold, with its title above."""
+    """The table in Markdown, with its title above and what the brackets and bold mean below."""
     extra_head, extra = _difference_cells(table)
     head = [" / ".join(_names(table.values.index)), *_labels(table.values.columns), *extra_head]
     lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, cells, more in zip(_labels(table.values.index), _cells(table, "**{}**"), extra, strict=True):
+    rows = zip(_labels(table.values.index, table.labels), _cells(table, "**{}**"), extra, strict=True)
+    for label, cells, more in rows:
         lines.append("| " + " | ".join([label, *cells, *more]) + " |")
+    lines += ["", caption(table)]
     return "\n".join(lines)
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs tabular, best per column in bold (needs `\\usepackage{booktabs}`)."""
+    """A booktabs table with its caption (needs `\\usepackage{booktabs}`); every text cell escaped."""
     extra_head, extra = _difference_cells(table)
     head = [" / ".join(_names(table.values.index)), *_labels(table.values.columns), *extra_head]
     lines = [
-        f"% {table.title}",
+        "\\begin{table}",
+        "\\centering",
+        f"\\caption{{{_tex(caption(table))}}}",
         "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
         "\\toprule",
         " & ".join(_tex(h) for h in head) + " \\\\",
         "\\midrule",
     ]
     cells = _cells(table, "\\textbf{{{}}}")
-    for label, row, more in zip(_labels(table.values.index), cells, extra, strict=True):
+    for label, row, more in zip(_labels(table.values.index, table.labels), cells, extra, strict=True):
         lines.append(" & ".join([_tex(label), *row, *map(_tex, more)]) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -369,10 +454,13 @@ def _names(index: pd.Index) -> list[str]:
     return [str(n) for n in index.names]
 
 
+_TEX = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        **{c: "\\" + c for c in "&%$#_{}"}}
+
+
 def _tex(text: str) -> str:
-    for char in "\\&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    return text
+    """`text` as LaTeX prints it literally."""
+    return "".join(_TEX.get(c, c) for c in str(text))
 
 
 def frame_to_markdown(frame: pd.DataFrame) -> str:

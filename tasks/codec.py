@@ -877,16 +877,20 @@ def show(video: str | Path, out: str | Path, budget: int = 2048, size: int = 224
         titles = [f"t={slot}  frame {maps.frame_indices[row]}", "fused saliency"] + [
             f"{name}: kept {int(mask[slot].sum())}/{grid * grid}" for name, mask in kept.items()]
         for ax, image, title in zip(axes[:, col], panels, titles, strict=True):
-            ax.imshow(image, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+            shown = ax.imshow(image, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title, fontsize=8)
             ax.set_axis_off()
+            if image is saliency:
+                saliency_image = shown
     total = scores.shape[0] * grid * grid
     fig.suptitle(f"{video.name}: {selection.budget} of {total} patches ({selection.budget / total:.1%}) "
                  f"from {len(maps.slots)} frames; signals: {maps.signals}"
                  f"{'; static fallback' if selection.static else ''}", fontsize=10)
     fig.tight_layout()
+    bar = fig.colorbar(saliency_image, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+    bar.set_label("saliency (motion + residual, 0-1)", fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, bbox_inches="tight")  # the colour bar's label stays in
     plt.close(fig)
     return out, maps, scores, selection
 

@@ -16,13 +16,23 @@ from PIL import Image
 from test_run import small
 
 from probe import figures, report
-from probe.results import apply_filters, paper_tables, repeated_runs, runs_frame, to_latex, to_markdown
+from probe.results import (
+    Table,
+    _setting_order,
+    _tex,
+    apply_filters,
+    paper_tables,
+    repeated_runs,
+    runs_frame,
+    to_latex,
+    to_markdown,
+)
 from probe.run import run
 
 BACKBONES = {
     "onevision_tiny": [],
     # a second registered backbone, shallow enough for the suite, at the same 64 patches per frame
-    "onevision_small": ["+backbone.args.input_size=112", "+backbone.args.num_hidden_layers=1"],
+    "onevision_small": ["backbone.args.input_size=112", "+backbone.args.num_hidden_layers=1"],
 }
 FRAMES = (1, 2, 3, 4)
 
@@ -52,7 +62,10 @@ def test_frame_has_one_row_per_record_with_its_numbers(multirun):
     results, records = multirun
     frame = runs_frame([results])
     assert len(frame) == 18
-    assert set(frame["backbone"]) == {"onevision_tiny (random)", "onevision_small (random)"}
+    assert set(frame["backbone"]) == {"onevision_tiny", "onevision_small"}  # the config keys
+    assert frame["random_weights"].all()
+    assert set(frame["backbone_label"]) == {"OneVision-Encoder tiny (random weights)",
+                                            "OneVision-Encoder small (random weights)"}
     by_path = frame.set_index("path")
     for record in records[:16]:
         row = by_path.loc[str(results / record["run_id"])]
@@ -85,38 +98,43 @@ def test_filters_keep_matching_rows_and_name_the_columns(multirun):
     frame = runs_frame([multirun[0]])
     codec = apply_filters(frame, ["sampling=codec", "budget=64,128"])
     assert len(codec) == 4 and set(codec["sampling"]) == {"codec"} and set(codec["budget"]) == {64, 128}
-    assert len(apply_filters(frame, ["backbone!=onevision_tiny (random)"])) == 9  # 8 runs and the rerun
+    assert len(apply_filters(frame, ["backbone!=onevision_tiny"])) == 9  # 8 runs and the rerun
+    assert len(apply_filters(frame, ["backbone=onevision_tiny"])) == 9  # 8 runs and the conflicting copy
     with pytest.raises(ValueError, match="columns: run_id"):
         apply_filters(frame, ["colour=red"])
+    with pytest.raises(ValueError, match="matches no run; backbone holds: onevision_small, onevision_tiny"):
+        apply_filters(frame, ["backbone=onevision_tiny (random)"])
 
 
-def test_pivots_hold_the_records_values_with_the_best_in_bold(multirun):
+def test_pivots_hold_the_records_values_and_intervals(multirun):
     frame = runs_frame([multirun[0]])
     frame = frame[~frame["path"].str.contains("elsewhere")]  # without the conflicting copy
     tables = paper_tables(frame)
-    assert sorted(tables) == sorted([
+    assert list(tables) == [  # settings in numeric order, not as text
         *(f"backbones_tasks_codec_{64 * f}p" for f in FRAMES),
         *(f"backbones_tasks_uniform_{f}f" for f in FRAMES),
-        "budgets_synthetic_onevision_small__random", "budgets_synthetic_onevision_tiny__random",
-    ])
-    budgets = tables["budgets_synthetic_onevision_small__random"]
-    small_runs = frame[frame["backbone"] == "onevision_small (random)"]
+        "budgets_synthetic_onevision_small", "budgets_synthetic_onevision_tiny",
+    ]
+    budgets = tables["budgets_synthetic_onevision_small"]
+    small_runs = frame[frame["backbone"] == "onevision_small"]
+    markdown, latex = to_markdown(budgets), to_latex(budgets)
     for run_row in small_runs.itertuples():
         assert budgets.values.loc[(run_row.budget, run_row.frames_equiv), run_row.sampling] == run_row.top1
-    markdown, latex = to_markdown(budgets), to_latex(budgets)
-    for sampling in ("uniform", "codec"):
-        best = small_runs[small_runs["sampling"] == sampling]["top1"].max()
-        assert f"**{best:.1f}**" in markdown and f"\\textbf{{{best:.1f}}}" in latex
-    assert latex.count("\\toprule") == 1 and "\\bottomrule" in latex
+        if run_row.run_id != multirun[1][-2]["run_id"]:  # the rerun's cell averages two runs
+            cell = f"{run_row.top1:.1f} [{run_row.top1_low:.1f}, {run_row.top1_high:.1f}]"
+            assert cell in markdown and cell in latex
+    assert "OneVision-Encoder small (random weights) on synthetic" in markdown
+    assert latex.count("\\toprule") == 1 and "\\bottomrule" in latex and "\\caption{" in latex
 
     wide = tables["backbones_tasks_uniform_1f"]
     assert list(wide.values.columns) == ["synthetic", "average"]
-    tiny = frame[(frame["backbone"] == "onevision_tiny (random)") & (frame["budget"] == 64)]
+    tiny = frame[(frame["backbone"] == "onevision_tiny") & (frame["budget"] == 64)]
     (uniform_tiny,) = tiny[tiny["sampling"] == "uniform"]["top1"]
-    assert wide.values.loc["onevision_tiny (random)", "synthetic"] == uniform_tiny
-    assert wide.values.loc["onevision_tiny (random)", "average"] == uniform_tiny
+    assert wide.values.loc["onevision_tiny", "synthetic"] == uniform_tiny
+    assert wide.values.loc["onevision_tiny", "average"] == uniform_tiny
+    assert "| OneVision-Encoder tiny (random weights) |" in to_markdown(wide)
     # the rerun repeats the last config (onevision_small, codec, 256 patches): that cell averages 2 runs
-    cell = tables["backbones_tasks_codec_256p"].counts.loc["onevision_small (random)", "synthetic"]
+    cell = tables["backbones_tasks_codec_256p"].counts.loc["onevision_small", "synthetic"]
     assert cell == 2 and "(n=2)" in to_markdown(tables["backbones_tasks_codec_256p"])
 
 
@@ -132,12 +150,13 @@ def test_report_command_writes_tables_and_figures(multirun, tmp_path):
 
     written = pd.read_csv(out / "runs.csv")
     assert len(written) == 18 and set(written["run_id"]) == {r["run_id"] for r in records}
-    table = pd.read_csv(out / "budgets_synthetic_onevision_tiny__random.csv", index_col=[0, 1])
+    table = pd.read_csv(out / "budgets_synthetic_onevision_tiny.csv", index_col=[0, 1])
     for i, record in enumerate(records[:8]):  # onevision_tiny
         budget, frames = record["sampling"]["budget"], record["sampling"]["frames_equiv"]
         expected = record["metrics"]["test"]["top1"] + (5.0 if i == 0 else 0.0)  # averaged with the copy
         assert table.loc[(budget, frames), record["sampling"]["name"]] == pytest.approx(expected, abs=0.005)
-    assert (out / "budgets_synthetic_onevision_tiny__random.tex").read_text().startswith("% top-1")
+    tex = (out / "budgets_synthetic_onevision_tiny.tex").read_text()
+    assert tex.startswith("\\begin{table}") and "\\caption{top-1 (\\%): OneVision-Encoder tiny" in tex
     assert len(pd.read_csv(out / "repeated_runs.csv")) == 4
 
     for name in ("top1_vs_budget_synthetic", "top1_vs_tokens_synthetic", "top1_vs_time_synthetic"):
@@ -185,7 +204,45 @@ def test_frontier_keeps_only_runs_nothing_cheaper_beats():
 
 
 def test_colours_belong_to_backbones():
-    assert figures.backbone_colour("onevision_large (random)") == figures.backbone_colour("onevision_large")
     assert figures.backbone_colour("siglip2_large_patch16_256") == figures.FAMILY_COLOURS["siglip2"]
     assert figures.backbone_colour("onevision_tiny") != figures.backbone_colour("onevision_small")
     assert figures.backbone_colour("some_new_model") == figures.backbone_colour("some_new_model")
+
+
+def _table(values, low, high, compare="row") -> Table:
+    index = pd.MultiIndex.from_tuples([(64, 1.0), (128, 2.0), (256, 4.0), (512, 8.0)][: len(values)],
+                                      names=["budget", "frames_equiv"])
+    frames = [pd.DataFrame(v, index=index, columns=["codec", "uniform"]) for v in (values, low, high)]
+    counts = pd.DataFrame(1, index=index, columns=["codec", "uniform"])
+    return Table("top-1 (%)", frames[0], counts, frames[1], frames[2], compare)
+
+
+def test_bold_only_where_the_best_interval_clears_the_others():
+    table = _table(values=[[50.0, 40.0], [50.0, 45.0]], low=[[46.0, 36.0], [44.0, 41.0]],
+                   high=[[54.0, 44.0], [56.0, 49.0]])
+    markdown = to_markdown(table)
+    assert "| 64 / 1 | **50.0 [46.0, 54.0]** | 40.0 [36.0, 44.0] |" in markdown  # 46 > 44: apart
+    assert "| 128 / 2 | 50.0 [44.0, 56.0] | 45.0 [41.0, 49.0] |" in markdown  # overlapping: no bold
+    assert "Brackets: 95% bootstrap interval" in markdown
+    by_column = _table(values=[[50.0, 40.0], [30.0, 45.0]], low=[[46.0, 36.0], [26.0, 41.0]],
+                       high=[[54.0, 44.0], [34.0, 49.0]], compare="column")
+    assert "**50.0 [46.0, 54.0]**" in to_markdown(by_column) and "**45.0" not in to_markdown(by_column)
+
+
+def test_budget_rows_and_settings_sort_as_numbers():
+    assert sorted(["uniform_2f", "uniform_16f", "codec_2048p", "codec_256p"], key=_setting_order) == [
+        "codec_256p", "codec_2048p", "uniform_2f", "uniform_16f"]
+    rows = pd.DataFrame({"budget": [512, 64, 128, 256], "frames_equiv": [8.0, 1.0, 2.0, 4.0],
+                         "sampling": "codec", "top1": 1.0, "top1_low": 0.0, "top1_high": 2.0})
+    from probe.results import pivot
+
+    lines = [line for line in to_markdown(pivot(rows, ["budget", "frames_equiv"], "sampling")).splitlines()
+             if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split(" / ")[0] for line in lines] == ["| 64", "| 128", "| 256", "| 512"]
+
+
+def test_latex_escapes_what_it_prints_literally():
+    assert _tex("a~b^c\\d_e&50%{x}") == (
+        "a\\textasciitilde{}b\\textasciicircum{}c\\textbackslash{}d\\_e\\&50\\%\\{x\\}")
+    latex = to_latex(_table(values=[[50.0, 40.0]], low=[[46.0, 36.0]], high=[[54.0, 44.0]]))
+    assert "\\caption{top-1 (\\%). Brackets: 95\\% bootstrap" in latex
