@@ -119,7 +119,7 @@ class Recipe:
     final_lr: float = field(default=0.0, metadata=_at_least(0))
     grad_clip: float = field(default=5.0, metadata=_at_least(0))
     label_smoothing: float = field(default=0.1, metadata={**_at_least(0), "below": 1.0})
-    val_fraction: float = field(default=0.1, metadata={**_at_least(0, strict=True), "below": 1.0})
+    val_fraction: float = field(default=0.1, metadata={**_at_least(0), "below": 1.0})  # 0: no validation
     view_space: ViewSpace = ViewSpace.logit
     bootstrap: int = field(default=1000, metadata=_at_least(0))
 

@@ -131,7 +131,7 @@ def test_report_writes_the_codec_minus_random_column(tmp_path):
     low, high = paired_bootstrap(change)
     out = tmp_path / "report"
     printed = report.write_report([tmp_path / "results"], out, [], draw=False)
-    name = "budgets_synthetic_onevision_tiny__random"
+    name = "budgets_synthetic_onevision_tiny"
     cell = f"{100 * change.mean():+.1f} [{low:+.1f}, {high:+.1f}]"
     assert "codec - random (95% paired bootstrap)" in printed and cell in printed
     assert cell in (out / f"{name}.md").read_text()

@@ -119,7 +119,7 @@ def test_a_sweep_runs_every_valid_job_and_lists_the_failed_ones(tmp_path: Path) 
     assert "1 run(s) failed:\n  sampling.budget=100: sampling.budget=100 is not a whole number of frames" in (
         done.stdout
     )
-    table = [line for line in done.stdout.splitlines() if line.startswith("| onevision_tiny")]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| OneVision-Encoder tiny")]
     assert len(table) == 2, done.stdout
     assert len(list((tmp_path / "results").glob("*/record.json"))) == 2
 

@@ -22,7 +22,7 @@ from backbones.frames import FrameBackbone
 from backbones.qwen3_vit import Qwen3VitBackbone
 from backbones.siglip2 import Siglip2Backbone, Siglip2FixedBackbone
 from backbones.weights import CheckpointError
-from probe.results import format_table, record_row
+from probe.results import backbone_label, format_table, record_row
 from probe.run import build_sampler, compose_config, run
 from tasks import create_task
 from tasks.sampling import dense_positions
@@ -229,4 +229,4 @@ def test_every_tiny_backbone_runs_the_pipeline_at_the_same_budget(tmp_path):
     assert all(r["metrics"]["num_test"] == 16 and r["backbone"]["random_weights"] for r in records)
     assert {r["backbone"]["embed_dim"] for r in records if r["backbone"]["name"] in FAMILIES} == {64}
     table = format_table([record_row(r) for r in records])
-    assert all(f"| {name} (random)" in table for name in FAMILIES)
+    assert all(f"| {backbone_label(name, random_weights=True)} |" in table for name in FAMILIES)

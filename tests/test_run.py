@@ -146,7 +146,7 @@ def test_original_protocol_streams_fresh_views_and_reports_the_test_maximum(tmp_
             ConfigError,
             "backbone.name='onevision_gigantic' is not one of",
         ),
-        (["sampling.name=random"], ConfigError, "sampling.name='random' is not one of: .*uniform"),
+        (["sampling.name=nope"], ConfigError, "sampling.name='nope' is not one of: .*random.*uniform"),
         (["sampling.budget=100"], ConfigError, "sampling.budget=100 is not a whole number of frames of 64"),
         (["on_bad_clip=ignore"], ConfigError, "on_bad_clip='ignore': expected one of: skip, error"),
         (["task=diving48", "task.args.root=/nonexistent/diving48"], AnnotationError, "/nonexistent/diving48"),
