@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -79,6 +80,42 @@ def _codec(name: str) -> Codec:
 
 class NonFiniteTokensError(RuntimeError):
     """A backbone produced, or the store dtype could not hold, finite tokens for a clip."""
+
+
+class StoreTooLargeError(RuntimeError):
+    """The feature store would not fit on its disk: found before anything is decoded."""
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space where `folder` lives (a function of its own, so tests can shrink the disk)."""
+    return shutil.disk_usage(folder).free
+
+
+def _check_room(path: Path, clips: int, views: int, tokens: int, dim: int, dtype: str) -> None:
+    """Log what the missing shards will take, and stop before any work when the disk cannot hold it."""
+    if not clips:
+        return
+    itemsize = np.dtype(_codec(dtype).disk_dtype).itemsize
+    need = clips * views * tokens * (dim * itemsize + 3 * 8 + 8)  # tokens, (t, h, w) positions, lengths
+    free = free_bytes(path)
+    log.info("feature store %s: %d clips x %d views x %d tokens x %d channels x %d bytes = %s to write, %s "
+             "free there", path.name, clips, views, tokens, dim, itemsize, _size(need), _size(free))
+    if need > free:
+        raise StoreTooLargeError(
+            f"the feature store {path} needs {_size(need)} ({clips} clips x {views} views x {tokens} tokens "
+            f"x {dim} channels x {itemsize} bytes, plus positions) but {path.parent} has {_size(free)} free; "
+            f"set cache_dir= to a larger disk, store fewer views (extract.train_views), store bfloat16 "
+            f"or float16 instead of float32 (extract.dtype), or encode every epoch without storing "
+            f"(extract.mode=stream)"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -302,6 +339,7 @@ def extract_features(
     num_workers: int = 0,
     verify: bool = True,
     progress: Progress = "auto",
+    tokens_per_view: int | None = None,
 ) -> FeatureStore:
     """Return the store for these clips, computing only what is missing.
 
@@ -309,7 +347,8 @@ def extract_features(
     `sampling` and `seed`; the store records them, the callable applies them). An existing complete
     store is reused; with `verify` every shard's sha256 is checked first and a failing shard is
     recomputed. `num_workers` > 0 decodes clips in DataLoader worker processes. The returned store's
-    `extraction` holds this process's `ExtractStats`.
+    `extraction` holds this process's `ExtractStats`. With `tokens_per_view` the size of what is missing
+    is logged and checked against the free space first (`StoreTooLargeError`).
     """
     _codec(dtype)
     if not clips:
@@ -338,6 +377,11 @@ def extract_features(
         )
         if complete:
             return FeatureStore(path)
+        if tokens_per_view:
+            missing = sum(min(shard_size, len(clips) - k * shard_size) for k in todo)
+            distributed.on_main(
+                lambda: _check_room(path, missing, views, tokens_per_view, backbone.embed_dim, dtype)
+            )
         mine = todo[distributed.rank() :: distributed.world_size()]
         stats = ExtractStats()
         if mine:

@@ -235,6 +235,7 @@ def extract(
         num_workers=config["num_workers"],
         verify=extract_cfg["verify"],
         progress=config["progress"],
+        tokens_per_view=patch_budget(config["sampling"], backbone)[0],
     )
 
 
@@ -625,7 +626,7 @@ def _remove_if_empty(folder: Path, keep: set[str]) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from backbones.registry import UnknownBackboneError
     from backbones.weights import CheckpointError
-    from probe.features import NonFiniteTokensError
+    from probe.features import NonFiniteTokensError, StoreTooLargeError
     from probe.files import DiskFullError, InUseError
     from probe.record import ResultsDirError, RunExistsError
     from probe.train import NonFiniteLossError
@@ -643,6 +644,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         NonFiniteLossError,
         InUseError,
         NonFiniteTokensError,
+        StoreTooLargeError,
     )
 
 
