@@ -35,6 +35,8 @@ class Policy(str, Enum):
 class StoreDtype(str, Enum):
     float16 = "float16"
     bfloat16 = "bfloat16"
+    int8 = "int8"
+    float32 = "float32"
 
 
 class Progress(str, Enum):

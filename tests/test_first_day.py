@@ -156,7 +156,7 @@ def no_work(monkeypatch):
     ("sampling.budget=abc", "sampling.budget='abc': expected an integer >= 1 or null"),
     ("on_existing=foo", "on_existing='foo': expected one of: reuse, refuse, new"),
     ("device=gpu", "device='gpu': expected one of: auto, cpu, cuda, cuda:N, mps"),
-    ("extract.dtype=fp16", "extract.dtype='fp16': expected one of: float16, bfloat16"),
+    ("extract.dtype=fp16", "extract.dtype='fp16': expected one of: float16, bfloat16, int8, float32"),
     ("task.epochs=0", "task.epochs=0: expected an integer >= 1"),
     ("probe.recipe.view_space=mean", "probe.recipe.view_space='mean': expected one of: logit, prob"),
     ("task=list", "task.args.splits.train is required and has no value: set task.args.splits.train="),
