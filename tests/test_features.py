@@ -203,7 +203,7 @@ def test_bfloat16_store(tmp_path: Path) -> None:
     expected = torch.stack(_direct(backbone, make_sampler(2), clips, views))
     torch.testing.assert_close(batch.tokens, expected.bfloat16().float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown"):
-        _extract(backbone, tmp_path, dtype="int8")
+        _extract(backbone, tmp_path, dtype="float8")
 
 
 def test_sampler_must_return_the_declared_views(tmp_path: Path) -> None:
