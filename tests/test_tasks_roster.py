@@ -4,6 +4,7 @@ decoded, and one of them run end to end."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -174,11 +175,71 @@ def test_kinetics_600_and_700_load_their_official_csvs_by_config(tmp_path: Path,
     assert view.frames.shape == (4, 28, 28, 3)
 
 
+# ---- EPIC-KITCHENS-100 ---------------------------------------------------------------------------------
+
+EPIC_HEADER = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
+               "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
+               "noun_class", "all_nouns", "all_noun_classes"]
+
+
+def _epic_row(nid: str, video: str, start: str, stop: str, verb: str, noun: str) -> list[str]:
+    return [nid, video[:3], video, "00:00:01.00", "00:00:00.50", "00:00:01.20", start, stop,
+            "open fridge", "open", verb, "fridge", noun, "['fridge']", f"[{noun}]"]
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> None:
+    notes = tmp_path / "epic-kitchens-100-annotations"
+    notes.mkdir()
+    for target, keys in (("verb", ["take", "put", "open"]), ("noun", ["tap", "plate", "fridge", "knife"])):
+        rows = [[str(i), k, "[]", "x"] for i, k in enumerate(keys)]
+        _write_csv(notes / f"EPIC_100_{target}_classes.csv", [["id", "key", "instances", "category"], *rows])
+    _write_csv(notes / "EPIC_100_train.csv", [EPIC_HEADER,
+               _epic_row("P01_01_0", "P01_01", "21", "30", "2", "3"),
+               _epic_row("P01_01_1", "P01_01", "1", "48", "0", "1"),
+               _epic_row("P01_01_2", "P01_01", "1.5", "30", "0", "1"),  # frame numbers are integers
+               _epic_row("P01_01_3", "P01_01", "30", "21", "0", "1"),  # stop before start
+               _epic_row("P02_01_0", "P02_01", "1", "10", "0", "1"),  # no such video
+               _epic_row("P01_01_4", "P01_01", "1", "10", "3", "3")])  # verb 3 of 0..2; noun 3 is fine
+    _write_csv(notes / "EPIC_100_validation.csv",
+               [EPIC_HEADER, _epic_row("P01_02_0", "P01_02", "5", "12", "1", "2")])
+    long = _encode(tmp_path / "long.mp4", "libx264", frames=48)
+    _place(long, *(tmp_path / "EPIC-KITCHENS" / "P01" / "videos" / f"{v}.MP4" for v in ("P01_01", "P01_02")))
+
+    verb = create_task("epic_verb", root=tmp_path, on_bad_record="skip")
+    assert verb.classes == ["take", "put", "open"] and verb.eval_split == "validation"
+    clips = verb.clips("train")
+    assert [(c.clip_id, c.label, c.start_frame, c.end_frame) for c in clips] == [
+        ("P01_01_0", 2, 20, 30), ("P01_01_1", 0, 0, 48)]
+    assert clips[0].path == tmp_path / "EPIC-KITCHENS" / "P01" / "videos" / "P01_01.MP4"
+    problems = verb.skipped["train"]
+    assert len(problems) == 4 and "line 4" in problems[0] and "must be integers" in problems[0]
+    assert "line 5" in problems[1] and "empty or negative segment: frames 30..21" in problems[1]
+    assert "line 6" in problems[2] and "P02_01.MP4 not found" in problems[2]
+    assert "line 7" in problems[3] and "unknown label 3" in problems[3]
+    (view,) = ClipDataset(verb, "train", _sampler())[0]  # only the segment's frames are read
+    assert view.frames.shape == (4, 28, 28, 3) and view.source_frames == [21, 23, 26, 28]
+
+    noun = create_task("epic_noun", root=tmp_path, on_bad_record="skip")
+    assert noun.num_classes == 4 and [c.label for c in noun.clips("train")] == [3, 1, 3]
+    assert [(c.label, c.start_frame, c.end_frame) for c in noun.clips("validation")] == [(2, 4, 12)]
+    with pytest.raises(AnnotationError, match=r"EPIC_100_train.csv line 4: .*on_bad_record='skip'"):
+        create_task("epic_noun", root=tmp_path).clips("train")
+    (notes / "EPIC_100_verb_classes.csv").write_text("id,key\n1,take\n")
+    with pytest.raises(AnnotationError, match="class ids must be 0..0, in order"):
+        create_task("epic_verb", root=tmp_path)
+
+
 # ---- registry and configs -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, epochs", [("hmdb51", 30), ("ucf101", 10)])
+@pytest.mark.parametrize("name, epochs",
+                         [("hmdb51", 30), ("ucf101", 10), ("epic_verb", 10), ("epic_noun", 10)])
 def test_new_tasks_are_registered_with_a_config(tmp_path: Path, name: str, epochs: int) -> None:
     assert name in list_tasks()
-    config = small(tmp_path, f"task={name}", "task.args.split=3")
+    config = small(tmp_path, f"task={name}", f"task.args.root={tmp_path}")
     assert config["task"]["name"] == name and config["task"]["epochs"] == epochs
-    assert config["task"]["args"] == {"root": None, "split": 3}
+    assert config["task"]["args"]["root"] == str(tmp_path)
