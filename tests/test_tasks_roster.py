@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from probe.run import run
-from tasks import AnnotationError, ClipDataset, create_task, list_tasks
+from tasks import AnnotationError, ClipDataset, create_sampler, create_task, list_tasks
 from tests.test_run import small
 from tests.test_tasks import _csv, _encode, _place, _sampler
 
@@ -223,6 +223,9 @@ def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> 
     assert "line 7" in problems[3] and "unknown label 3" in problems[3]
     (view,) = ClipDataset(verb, "train", _sampler())[0]  # only the segment's frames are read
     assert view.frames.shape == (4, 28, 28, 3) and view.source_frames == [21, 23, 26, 28]
+    codec = create_sampler("codec", num_frames=8, size=28, patch_size=14, budget=8)
+    (view,) = ClipDataset(verb, "train", codec)[0]
+    assert view.source_frames and all(20 <= f < 30 for f in view.source_frames)
 
     noun = create_task("epic_noun", root=tmp_path, on_bad_record="skip")
     assert noun.num_classes == 4 and [c.label for c in noun.clips("train")] == [3, 1, 3]
