@@ -9,11 +9,11 @@
 
 A clip is one segment of a long video: `start_frame`/`stop_frame` number the video's frames from 1,
 both included, so the clip spans decoded frames [start_frame - 1, stop_frame). Samplers read only the
-span (uniform sampling seeks to its frames; codec sampling decodes from the file's start up to
-`stop_frame`, since motion vectors need every frame in order). As in the original OneVision-Encoder
-suite (`epic_verb`, 97 classes, and `epic_noun`, 300 classes, 10 epochs each), verb and noun are two
-single-label tasks trained on the train split and evaluated on the validation split (the test split's
-labels are not public).
+span: uniform sampling seeks to its frames, codec sampling decodes every frame from the keyframe before
+the span to its end (motion vectors need them in order; `tasks.codec.analyse`). As in the original
+OneVision-Encoder suite (`epic_verb`, 97 classes, and `epic_noun`, 300 classes, 10 epochs each), verb
+and noun are two single-label tasks trained on the train split and evaluated on the validation split
+(the test split's labels are not public).
 """
 
 from __future__ import annotations

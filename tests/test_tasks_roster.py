@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import tasks.codec as codec
 from probe.run import run
 from tasks import AnnotationError, ClipDataset, create_sampler, create_task, list_tasks
 from tests.test_run import small
@@ -235,6 +237,26 @@ def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> 
     (notes / "EPIC_100_verb_classes.csv").write_text("id,key\n1,take\n")
     with pytest.raises(AnnotationError, match="class ids must be 0..0, in order"):
         create_task("epic_verb", root=tmp_path)
+
+
+@pytest.mark.parametrize("video, start, first", [("cup.mp4", 100, 90), ("Megamind.avi", 150, 0)])
+def test_codec_maps_of_a_segment_decode_from_the_keyframe_before_it(
+        fixtures: Path, monkeypatch: pytest.MonkeyPatch, video: str, start: int, first: int) -> None:
+    """cup.mp4 (a keyframe every 30 frames) costs the segment; Megamind.avi's timestamps do not number
+    its frames after a seek, so it decodes from the start; the maps are a whole decode's either way."""
+    decoded: list[int] = []
+    frame = codec._DecodePass._frame
+    monkeypatch.setattr(codec._DecodePass, "_frame",
+                        lambda self, f, i: (decoded.append(i), frame(self, f, i)))
+    path, end = fixtures / "videos" / video, start + 40
+    whole, _ = codec.analyse(path, start_frame=start, end_frame=end, seek=False)
+    assert decoded == list(range(end))
+    decoded.clear()
+    maps, _ = codec.analyse(path, start_frame=start, end_frame=end)
+    assert decoded[-(end - first):] == list(range(first, end))  # the pass that made the maps
+    assert len(decoded) == end - first if first else len(decoded) < end + 10  # (a few before the fallback)
+    for field in ("fused", "motion", "residual", "frame_indices", "slots"):
+        assert np.array_equal(getattr(maps, field), getattr(whole, field), equal_nan=True), field
 
 
 # ---- registry and configs -------------------------------------------------------------------------------
