@@ -194,23 +194,29 @@ def _write_csv(path: Path, rows: list[list[str]]) -> None:
         csv.writer(f).writerows(rows)
 
 
-def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> None:
-    notes = tmp_path / "epic-kitchens-100-annotations"
-    notes.mkdir()
+def _epic(root: Path, train: list[list[str]], validation: list[list[str]]) -> Path:
+    """The annotations repository's files and the downloaded layout, with two 48-frame videos."""
+    notes = root / "epic-kitchens-100-annotations"
+    notes.mkdir(parents=True)
     for target, keys in (("verb", ["take", "put", "open"]), ("noun", ["tap", "plate", "fridge", "knife"])):
         rows = [[str(i), k, "[]", "x"] for i, k in enumerate(keys)]
         _write_csv(notes / f"EPIC_100_{target}_classes.csv", [["id", "key", "instances", "category"], *rows])
-    _write_csv(notes / "EPIC_100_train.csv", [EPIC_HEADER,
-               _epic_row("P01_01_0", "P01_01", "21", "30", "2", "3"),
-               _epic_row("P01_01_1", "P01_01", "1", "48", "0", "1"),
-               _epic_row("P01_01_2", "P01_01", "1.5", "30", "0", "1"),  # frame numbers are integers
-               _epic_row("P01_01_3", "P01_01", "30", "21", "0", "1"),  # stop before start
-               _epic_row("P02_01_0", "P02_01", "1", "10", "0", "1"),  # no such video
-               _epic_row("P01_01_4", "P01_01", "1", "10", "3", "3")])  # verb 3 of 0..2; noun 3 is fine
-    _write_csv(notes / "EPIC_100_validation.csv",
-               [EPIC_HEADER, _epic_row("P01_02_0", "P01_02", "5", "12", "1", "2")])
-    long = _encode(tmp_path / "long.mp4", "libx264", frames=48)
-    _place(long, *(tmp_path / "EPIC-KITCHENS" / "P01" / "videos" / f"{v}.MP4" for v in ("P01_01", "P01_02")))
+    _write_csv(notes / "EPIC_100_train.csv", [EPIC_HEADER, *train])
+    _write_csv(notes / "EPIC_100_validation.csv", [EPIC_HEADER, *validation])
+    long = _encode(root / "long.mp4", "libx264", frames=48)
+    _place(long, *(root / "EPIC-KITCHENS" / "P01" / "videos" / f"{v}.MP4" for v in ("P01_01", "P01_02")))
+    return root
+
+
+def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> None:
+    _epic(tmp_path, [_epic_row("P01_01_0", "P01_01", "21", "30", "2", "3"),
+                     _epic_row("P01_01_1", "P01_01", "1", "48", "0", "1"),
+                     _epic_row("P01_01_2", "P01_01", "1.5", "30", "0", "1"),  # frame numbers are integers
+                     _epic_row("P01_01_3", "P01_01", "30", "21", "0", "1"),  # stop before start
+                     _epic_row("P02_01_0", "P02_01", "1", "10", "0", "1"),  # no such video
+                     _epic_row("P01_01_4", "P01_01", "1", "10", "3", "3")],  # verb 3 of 0..2; noun 3 is fine
+          [_epic_row("P01_02_0", "P01_02", "5", "12", "1", "2")])
+    notes = tmp_path / "epic-kitchens-100-annotations"
 
     verb = create_task("epic_verb", root=tmp_path, on_bad_record="skip")
     assert verb.classes == ["take", "put", "open"] and verb.eval_split == "validation"
@@ -225,8 +231,8 @@ def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> 
     assert "line 7" in problems[3] and "unknown label 3" in problems[3]
     (view,) = ClipDataset(verb, "train", _sampler())[0]  # only the segment's frames are read
     assert view.frames.shape == (4, 28, 28, 3) and view.source_frames == [21, 23, 26, 28]
-    codec = create_sampler("codec", num_frames=8, size=28, patch_size=14, budget=8)
-    (view,) = ClipDataset(verb, "train", codec)[0]
+    by_codec = create_sampler("codec", num_frames=8, size=28, patch_size=14, budget=8)
+    (view,) = ClipDataset(verb, "train", by_codec)[0]
     assert view.source_frames and all(20 <= f < 30 for f in view.source_frames)
 
     noun = create_task("epic_noun", root=tmp_path, on_bad_record="skip")
@@ -257,6 +263,19 @@ def test_codec_maps_of_a_segment_decode_from_the_keyframe_before_it(
     assert len(decoded) == end - first if first else len(decoded) < end + 10  # (a few before the fallback)
     for field in ("fused", "motion", "residual", "frame_indices", "slots"):
         assert np.array_equal(getattr(maps, field), getattr(whole, field), equal_nan=True), field
+
+
+def test_epic_verb_runs_end_to_end_on_segments(tmp_path: Path) -> None:
+    train = [_epic_row(f"P01_01_{i}", "P01_01", str(1 + 5 * i), str(8 + 5 * i), str(i % 3), "0")
+             for i in range(8)]  # overlapping segments of one video, as narrations are
+    validation = [_epic_row(f"P01_02_{i}", "P01_02", str(1 + 12 * i), str(12 + 12 * i), str(i), "0")
+                  for i in range(3)]
+    root = _epic(tmp_path / "epic", train, validation)
+    record = run(small(tmp_path, "task=epic_verb", f"task.args.root={root}"))
+    assert record["data"]["task"] == "epic_verb" and record["data"]["num_classes"] == 3
+    assert (record["data"]["train_clips"], record["data"]["eval_clips"]) == (8, 3)
+    assert record["data"]["eval_split"] == "validation" and record["config"]["task"]["epochs"] == 10
+    assert 0 <= record["metrics"]["test"]["top1"] <= 100
 
 
 # ---- registry and configs -------------------------------------------------------------------------------
