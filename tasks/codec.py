@@ -574,7 +574,10 @@ def _seek(container: av.container.InputContainer, stream: av.VideoStream,
         return None
     origin = stream.start_time or 0
     per_frame = 1 / (stream.average_rate * stream.time_base)  # timestamp units per frame
-    container.seek(origin + int((first - 1) * per_frame), backward=True, any_frame=False, stream=stream)
+    try:
+        container.seek(origin + int((first - 1) * per_frame), backward=True, any_frame=False, stream=stream)
+    except av.FFmpegError:  # not seekable: the position is unchanged, decode from the start
+        return None
     return lambda frame: -1 if frame.pts is None else round((frame.pts - origin) / per_frame)
 
 
@@ -642,14 +645,14 @@ class _DecodePass:
             frames = container.decode(stream)
             with contextlib.closing(frames if threaded else _decode_ahead(frames)) as decoded:
                 for frame in decoded:
+                    if self.out.decoded >= stop:
+                        break
                     if index is not None:  # the frame's place in the whole stream, from its timestamp
                         at = index(frame)
                         if self.geo is None:  # the first frame: it must precede frame `first`
                             self.out.decoded = at if 0 <= at < first else -1
                         if at != self.out.decoded:
                             raise _Unaligned
-                    if self.out.decoded >= stop:
-                        break
                     self._frame(frame, self.out.decoded)
                     self.out.decoded += 1
                     if len(self.ready) >= _BATCH:
