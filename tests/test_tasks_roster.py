@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -245,16 +246,34 @@ def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> 
         create_task("epic_verb", root=tmp_path)
 
 
-@pytest.mark.parametrize("video, start, first", [("cup.mp4", 100, 90), ("Megamind.avi", 150, 0)])
+def _b_frames(path: Path) -> Path:
+    """120 frames of a panning texture, H.264 with B-frames (reordered) and a keyframe every 12 frames."""
+    texture = np.random.default_rng(0).integers(0, 255, (64, 120, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv420p"
+        stream.options = {"bf": "3", "x264-params": "keyint=12:min-keyint=12:scenecut=0"}
+        for i in range(120):
+            image = np.ascontiguousarray(texture[:, i % 40:i % 40 + 80])
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("video, start, first", [("cup.mp4", 100, 90), ("Megamind.avi", 150, 0),
+                                                 ("b-frames", 50, 48)])
 def test_codec_maps_of_a_segment_decode_from_the_keyframe_before_it(
-        fixtures: Path, monkeypatch: pytest.MonkeyPatch, video: str, start: int, first: int) -> None:
-    """cup.mp4 (a keyframe every 30 frames) costs the segment; Megamind.avi's timestamps do not number
-    its frames after a seek, so it decodes from the start; the maps are a whole decode's either way."""
+        fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, video: str, start: int,
+        first: int) -> None:
+    """cup.mp4 (a keyframe every 30 frames) and a B-frame stream cost the segment; Megamind.avi's
+    timestamps do not number its frames after a seek, so it decodes from the start; the maps are a whole
+    decode's either way."""
     decoded: list[int] = []
     frame = codec._DecodePass._frame
     monkeypatch.setattr(codec._DecodePass, "_frame",
                         lambda self, f, i: (decoded.append(i), frame(self, f, i)))
-    path, end = fixtures / "videos" / video, start + 40
+    path = _b_frames(tmp_path / "b.mp4") if video == "b-frames" else fixtures / "videos" / video
+    end = start + 40
     whole, _ = codec.analyse(path, start_frame=start, end_frame=end, seek=False)
     assert decoded == list(range(end))
     decoded.clear()
