@@ -584,6 +584,25 @@ def _decode_ahead(frames: Generator[av.VideoFrame, None, None], depth: int = 4) 
                 ahead.get(timeout=0.01)
 
 
+class _Unaligned(Exception):
+    """Frame timestamps after a seek do not give frame indices (variable frame rate, leading frames)."""
+
+
+def _seek(container: av.container.InputContainer, stream: av.VideoStream,
+          first: int) -> Callable[[av.VideoFrame], int] | None:
+    """Seek to the last keyframe before frame `first`; returns a frame's index from its timestamp, or
+    None (no seek) where the stream gives no constant frame rate to count with."""
+    if not stream.average_rate or not stream.time_base:
+        return None
+    origin = stream.start_time or 0
+    per_frame = 1 / (stream.average_rate * stream.time_base)  # timestamp units per frame
+    try:
+        container.seek(origin + int((first - 1) * per_frame), backward=True, any_frame=False, stream=stream)
+    except av.FFmpegError:  # not seekable: the position is unchanged, decode from the start
+        return None
+    return lambda frame: -1 if frame.pts is None else round((frame.pts - origin) / per_frame)
+
+
 def count_frames(path: Path) -> int:
     """Video packets in the file: cheap (no decoding) and, unlike header counts, right for broken files."""
     with av.open(str(path)) as container:
@@ -637,17 +656,26 @@ class _DecodePass:
         self.waiting: list[_Sampled] = []  # B-frames waiting for their future anchor
         self.scaler = VideoReformatter()
 
-    def run(self, path: Path, stop: int) -> _PassResult:
+    def run(self, path: Path, stop: int, first: int = 0) -> _PassResult:
+        """Decode up to frame `stop`; with `first` > 0, from the last keyframe before frame `first`
+        (raises `_Unaligned` where frame timestamps do not give frame indices: decode from the start)."""
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.codec_context.options = {"flags2": "+export_mvs"}
             threaded = frame_threads_safe(stream)
             stream.thread_type = "AUTO" if threaded else "SLICE"
+            index = _seek(container, stream, first) if first > 1 else None
             frames = container.decode(stream)
             with contextlib.closing(frames if threaded else _decode_ahead(frames)) as decoded:
                 for frame in decoded:
                     if self.out.decoded >= stop:
                         break
+                    if index is not None:  # the frame's place in the whole stream, from its timestamp
+                        at = index(frame)
+                        if self.geo is None:  # the first frame: it must precede frame `first`
+                            self.out.decoded = at if 0 <= at < first else -1
+                        if at != self.out.decoded:
+                            raise _Unaligned
                     self._frame(frame, self.out.decoded)
                     self.out.decoded += 1
                     if len(self.ready) >= _BATCH:
@@ -737,12 +765,14 @@ def _names_the_file(analysis: Callable[..., _T]) -> Callable[..., _T]:
 @_names_the_file
 def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int | None = None,
             end_frame: int | None = None, keep: Callable[[av.VideoFrame], np.ndarray] | None = None,
-            jitter: np.ndarray | None = None) -> tuple[CodecMaps, list[np.ndarray] | None]:
+            jitter: np.ndarray | None = None, seek: bool = True) -> tuple[CodecMaps, list[np.ndarray] | None]:
     """Codec saliency maps of the clip ``[start_frame, end_frame)`` of `path`, in one decode pass.
 
     `keep`, if given, converts each sampled frame (e.g. to resized RGB) so callers need not decode
-    again; its outputs come back in row order. The pass decodes from the start of the file (motion
-    vectors need every frame in order) and stops at `end_frame`. If the file holds fewer (or, without
+    again; its outputs come back in row order. The pass decodes every frame in order (motion vectors
+    need them) from the last keyframe before `start_frame` (`seek`; from the start of the file where
+    timestamps do not number the frames) and stops at `end_frame`: a segment of a long video costs
+    the segment, not the video. The maps are the same either way. If the file holds fewer (or, without
     `end_frame`, more) frames than its packets promised, the frames are re-planned and decoded again.
     `jitter` moves the sampled frames within their chunks (`plan_slots`: training views).
     """
@@ -755,7 +785,10 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
     for _attempt in range(2):
         offsets, slots = plan_slots(n, cfg.num_frames, jitter)
         wanted = {start + int(o): i for i, o in enumerate(offsets)}
-        result = _DecodePass(wanted, cfg, keep).run(path, stop)
+        try:  # a segment of a long video: decode from the keyframe before it, not from the start
+            result = _DecodePass(wanted, cfg, keep).run(path, stop, start if seek else 0)
+        except _Unaligned:
+            result = _DecodePass(wanted, cfg, keep).run(path, stop)
         available = result.decoded - start
         if available == n:
             break

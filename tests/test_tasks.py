@@ -349,8 +349,8 @@ def test_generic_lists_in_csv_and_space_formats(tmp_path: Path, videos: dict[str
 def test_task_registry() -> None:
     assert list_tasks("kinetics*") == ["kinetics400", "kinetics600", "kinetics700"]
     assert {"diving48", "ssv2", "synthetic", "list"} <= set(list_tasks())
-    with pytest.raises(UnknownTaskError, match="unknown task 'ucf101'; registered: diving48"):
-        create_task("ucf101")
+    with pytest.raises(UnknownTaskError, match="unknown task 'ucf51'; registered: diving48"):
+        create_task("ucf51")
 
 
 def test_bad_videos_stop_the_run_or_are_skipped_and_counted_across_workers(tmp_path: Path,
