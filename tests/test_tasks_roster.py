@@ -56,17 +56,17 @@ def test_hmdb51_reads_the_official_split_files_by_config(tmp_path: Path, avi: Pa
     train = task.clips("train")
     assert [(c.clip_id, c.label) for c in train[:2]] == [("April_09_brush_hair_u_nm_np1_ba_goo_0", 0),
                                                         ("April_09_brush_hair_u_nm_np1_ba_goo_1", 0)]
-    assert [c.label for c in train] == [0, 0, 1, 1, 2, 2]
+    # a listed video that is not on disk stays in the split as a bad clip (on_bad_clip), not a bad record
+    assert [c.label for c in train] == [0, 0, 0, 1, 1, 2, 2]
+    assert task.missing["train"] == [str(root / "videos" / "brush_hair" / "lost.avi")]
     assert train[0].path == root / "videos" / "brush_hair" / "April_09_brush_hair_u_nm_np1_ba_goo_0.avi"
     test = task.clips("test")
     assert [(c.clip_id, c.label) for c in test] == [(f"April_09_{n}_u_nm_np1_ba_goo_2", i)
                                                     for i, n in enumerate(sorted(HMDB_CLASSES))]
     problems = task.skipped["train"]
-    assert len(problems) == 3
-    assert "brush_hair_test_split1.txt line 5 (clip lost): video" in problems[0]
-    assert "lost.avi not found" in problems[0]
-    assert "line 6" in problems[1] and "'no_marker.avi'" in problems[1]
-    assert "line 7" in problems[2] and "'three.avi 3'" in problems[2]
+    assert len(problems) == 2
+    assert "line 6" in problems[0] and "'no_marker.avi'" in problems[0]
+    assert "line 7" in problems[1] and "'three.avi 3'" in problems[1]
     assert len(task.skipped["test"]) == 2  # the malformed lines are bad in every split; lost.avi is train
     (view,) = ClipDataset(task, "test", _sampler())[0]  # AVI / MPEG-4 decodes
     assert view.frames.shape == (4, 28, 28, 3)
@@ -74,7 +74,7 @@ def test_hmdb51_reads_the_official_split_files_by_config(tmp_path: Path, avi: Pa
     second = create_task("hmdb51", root=root, split=2)
     assert [c.clip_id[-1] for c in second.clips("test")] == ["0"] * 3
     assert [c.clip_id[-1] for c in second.clips("train")] == ["1", "2"] * 3
-    with pytest.raises(AnnotationError, match=r"brush_hair_test_split1.txt line 5 .*on_bad_record='skip'"):
+    with pytest.raises(AnnotationError, match=r"brush_hair_test_split1.txt line 6: .*on_bad_record='skip'"):
         create_task("hmdb51", root=root).clips("train")
     with pytest.raises(AnnotationError, match="split must be 1, 2 or 3"):
         create_task("hmdb51", root=root, split=4)
@@ -120,17 +120,18 @@ def test_ucf101_reads_classind_and_the_train_and_test_lists(tmp_path: Path, avi:
     assert task.classes == list(UCF_CLASSES)
     assert [(c.clip_id, c.label) for c in task.clips("train")] == [
         ("v_ApplyEyeMakeup_g08_c01", 0), ("v_ApplyEyeMakeup_g09_c01", 0), ("v_Archery_g08_c01", 1),
-        ("v_Archery_g09_c01", 1), ("v_HandStandPushups_g08_c01", 2), ("v_HandStandPushups_g09_c01", 2)]
+        ("v_Archery_g09_c01", 1), ("v_HandStandPushups_g08_c01", 2), ("v_HandStandPushups_g09_c01", 2),
+        ("v_Archery_g12_c01", 1)]  # listed without its video: a bad clip (on_bad_clip), not a bad record
+    assert task.missing["train"] == [str(tmp_path / "UCF-101" / "Archery" / "v_Archery_g12_c01.avi")]
     clips = task.clips("test")
     assert [c.label for c in clips] == [0, 1, 2]
     assert clips[2].path == tmp_path / "UCF-101" / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi"
     problems = task.skipped["train"]
-    assert len(problems) == 4
+    assert len(problems) == 3
     assert "trainlist02.txt line 7" in problems[0]
     assert "label 1 contradicts the class folder 'Archery', whose index is 2" in problems[0]
     assert "line 8" in problems[1] and "'Rowing/v_Rowing_g08_c01.avi' is not in a class folder" in problems[1]
     assert "line 9" in problems[2] and "expected '<class>/<video>.avi <index>'" in problems[2]
-    assert "line 10" in problems[3] and "v_Archery_g12_c01.avi not found" in problems[3]
     assert "testlist02.txt line 4" in task.skipped["test"][0]
     assert "expected '<class>/<video>.avi'" in task.skipped["test"][0]
     (view,) = ClipDataset(task, "test", _sampler())[2]
@@ -170,10 +171,11 @@ def test_kinetics_600_and_700_load_their_official_csvs_by_config(tmp_path: Path,
     task = create_task(config["task"]["name"], **args)  # as probe.run builds it
     assert task.name == f"kinetics{variant}" and task.classes == classes  # (sorted names)
     assert [(c.clip_id, c.label) for c in task.clips("train")] == [
-        (f"yt{i}{j}_000010_000020", i) for i in range(3) for j in range(2)]
+        *((f"yt{i}{j}_000010_000020", i) for i in range(3) for j in range(2)), ("gone_000000_000010", 0)]
     assert [c.label for c in task.clips("val")] == [0, 1, 2]
-    assert len(task.skipped["train"]) == 1 and "gone_000000_000010.mp4 not found" in task.skipped["train"][0]
-    assert "'not a kinetics class' is not a class" in task.skipped["val"][0]
+    # a clip listed but not downloaded is a bad clip (skipped when decoded), not a bad record
+    assert len(task.missing["train"]) == 1 and task.missing["train"][0].endswith("gone_000000_000010.mp4")
+    assert not task.skipped["train"] and "'not a kinetics class' is not a class" in task.skipped["val"][0]
     (view,) = ClipDataset(task, "val", _sampler())[0]
     assert view.frames.shape == (4, 28, 28, 3)
 
@@ -223,13 +225,14 @@ def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> 
     assert verb.classes == ["take", "put", "open"] and verb.eval_split == "validation"
     clips = verb.clips("train")
     assert [(c.clip_id, c.label, c.start_frame, c.end_frame) for c in clips] == [
-        ("P01_01_0", 2, 20, 30), ("P01_01_1", 0, 0, 48)]
+        ("P01_01_0", 2, 20, 30), ("P01_01_1", 0, 0, 48), ("P02_01_0", 0, 0, 10)]
     assert clips[0].path == tmp_path / "EPIC-KITCHENS" / "P01" / "videos" / "P01_01.MP4"
+    # a segment of a video not on disk is a bad clip (on_bad_clip), not a bad record
+    assert verb.missing["train"] == [str(tmp_path / "EPIC-KITCHENS" / "P02" / "videos" / "P02_01.MP4")]
     problems = verb.skipped["train"]
-    assert len(problems) == 4 and "line 4" in problems[0] and "must be integers" in problems[0]
+    assert len(problems) == 3 and "line 4" in problems[0] and "must be integers" in problems[0]
     assert "line 5" in problems[1] and "empty or negative segment: frames 30..21" in problems[1]
-    assert "line 6" in problems[2] and "P02_01.MP4 not found" in problems[2]
-    assert "line 7" in problems[3] and "unknown label 3" in problems[3]
+    assert "line 7" in problems[2] and "unknown label 3" in problems[2]
     (view,) = ClipDataset(verb, "train", _sampler())[0]  # only the segment's frames are read
     assert view.frames.shape == (4, 28, 28, 3) and view.source_frames == [21, 23, 26, 28]
     by_codec = create_sampler("codec", num_frames=8, size=28, patch_size=14, budget=8)
@@ -237,7 +240,7 @@ def test_epic_kitchens_verb_and_noun_segments_of_long_videos(tmp_path: Path) -> 
     assert view.source_frames and all(20 <= f < 30 for f in view.source_frames)
 
     noun = create_task("epic_noun", root=tmp_path, on_bad_record="skip")
-    assert noun.num_classes == 4 and [c.label for c in noun.clips("train")] == [3, 1, 3]
+    assert noun.num_classes == 4 and [c.label for c in noun.clips("train")] == [3, 1, 1, 3]
     assert [(c.label, c.start_frame, c.end_frame) for c in noun.clips("validation")] == [(2, 4, 12)]
     with pytest.raises(AnnotationError, match=r"EPIC_100_train.csv line 4: .*on_bad_record='skip'"):
         create_task("epic_noun", root=tmp_path).clips("train")
