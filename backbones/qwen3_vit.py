@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import Qwen3VLVisionConfig, Qwen3VLVisionModel
 
+from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
 
 TOKENS = ("pre_merge", "merged")
@@ -62,6 +63,16 @@ class Qwen3VitBackbone(FrameBackbone):
         if tokens == "merged":
             backbone.embed_dim = backbone.model.config.out_hidden_size
         return backbone
+
+    def vit_shape(self) -> ViTShape:
+        """Patches of `temporal_patch_size` frames; the merger and each deepstack merger (run whatever
+        `tokens` is) map every 2 x 2 block through two linear layers of 4 x width."""
+        c = self.model.config
+        merged = c.spatial_merge_size**2 * c.hidden_size
+        mergers = 1 + len(c.deepstack_visual_indexes)
+        per_patch = mergers * 2 * (merged * merged + merged * c.out_hidden_size) / c.spatial_merge_size**2
+        patch_dim = 3 * c.temporal_patch_size * self.patch_size**2
+        return ViTShape(c.depth, c.hidden_size, c.intermediate_size, patch_dim, per_patch=per_patch)
 
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         f, c, h, w = pixels.shape

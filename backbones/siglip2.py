@@ -4,9 +4,12 @@ checkpoints) with `SiglipVisionModel`. Its tokens are the patch tokens (SigLIP h
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel, SiglipVisionConfig, SiglipVisionModel
 
+from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
 
 WIDTHS = {
@@ -37,6 +40,11 @@ class Siglip2Backbone(FrameBackbone):
         "siglip2_base16_naflex": Entry("base", "google/siglip2-base-patch16-naflex", 256),
         "siglip2_so400m16_naflex": Entry("so400m", "google/siglip2-so400m-patch16-naflex", 256),
     }
+
+    def vit_shape(self) -> ViTShape:
+        c = self.model.config
+        head = 4 * c.hidden_size**2 if c.vision_use_head else 0  # the pooling head's key/value projections
+        return replace(super().vit_shape(), per_patch=head)
 
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         f, c, h, w = pixels.shape

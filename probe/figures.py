@@ -49,7 +49,11 @@ FAMILY_COLOURS = {
 SPARE_COLOURS = ("#7f7f7f", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 SAMPLING_STYLE = {"uniform": ("-", "o"), "codec": ("--", "s")}
 METRIC_LABELS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "mean_class": "mean-class acc. (%)"}
-COST_LABELS = {"tokens": "tokens per clip", "seconds_per_clip": "decode + sample + encode time per clip (s)"}
+COST_LABELS = {
+    "tokens": "tokens kept per clip",
+    "flops_per_clip": "encoder FLOPs per clip",
+    "seconds_per_clip": "encode time per clip (s), when stored",
+}
 
 
 def backbone_colour(name: str) -> str:
@@ -172,12 +176,13 @@ def _one_task(runs: pd.DataFrame) -> None:
 
 def report_figures(runs: pd.DataFrame, out: str | Path, metric: str = "top1") -> list[Path]:
     """Both figures for every task in `runs`: `<out>/<metric>_vs_budget_<task>` and `..._vs_tokens_...`,
-    plus `..._vs_time_...` where encoding times were measured."""
+    plus `..._vs_flops_...` and `..._vs_time_...` where the records carry FLOPs and encode times."""
     out = Path(out)
     paths: list[Path] = []
     for task, group in runs.groupby("task", sort=True):
         paths += accuracy_vs_budget(group, out / f"{metric}_vs_budget_{task}", metric)
         paths += accuracy_vs_cost(group, out / f"{metric}_vs_tokens_{task}", "tokens", metric)
-        if group["seconds_per_clip"].notna().any():
-            paths += accuracy_vs_cost(group, out / f"{metric}_vs_time_{task}", "seconds_per_clip", metric)
+        for cost, name in (("flops_per_clip", "flops"), ("seconds_per_clip", "time")):
+            if cost in group and group[cost].notna().any():
+                paths += accuracy_vs_cost(group, out / f"{metric}_vs_{name}_{task}", cost, metric)
     return paths

@@ -217,6 +217,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
         )
     budget, _ = patch_budget(config["sampling"], backbone)
+    grid = backbone.preprocess.size // backbone.patch_size
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -277,9 +278,17 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "sampling": {
             "name": config["sampling"]["name"],
             "budget": budget,
-            "frames_equiv": budget / (backbone.preprocess.size // backbone.patch_size) ** 2,
+            "frames_equiv": budget / grid**2,
             "tokens_per_clip": eval_store.num_tokens,
+            # Budgets are patches of this grid: the same budget is the same frame regions only for
+            # backbones with the same grid (the report keeps other grids apart). area_fraction: the part
+            # of the sampled frames' area the kept patches cover.
+            "grid": [grid, grid],
+            "area_fraction": budget / (grid**2 * sampler.num_frames),
         },
+        # Per clip, from the extraction that wrote each store (kept in its manifest, so reused stores
+        # report the cost of making them): frames/tokens encoded, tokens kept, FLOPs, encode seconds.
+        "cost": {"train": train_store.cost, "eval": eval_store.cost},
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
         # Annotation records dropped under on_bad_record=skip, with the file, line and reason of each.
         "skipped_records": {

@@ -79,7 +79,7 @@ def test_tiny_entries_declare_how_they_take_patches(name):
     backbone = create_backbone(name)
     assert isinstance(backbone, FAMILIES[name])
     assert backbone.temporal_slots is None and backbone.native_sparse is False
-    assert backbone.sparse_mode == "full_frames_then_gather"
+    assert backbone.sparse_mode == FAMILIES[name].sparse_modes[0]  # DINOv3: native, the others whole frames
     assert backbone.preprocess.size // backbone.patch_size == 8  # OneVision tiny's grid: same regions
     assert backbone.fingerprint().startswith("random-")
     assert create_backbone(name).fingerprint() == backbone.fingerprint()
@@ -178,7 +178,7 @@ def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_sparse_patch_sets_encode_only_the_frames_they_touch(name, monkeypatch):
-    backbone = create_backbone(name)
+    backbone = create_backbone(name, sparse_mode="full_frames_then_gather")
     frames = random_frames(backbone, 6).expand(2, -1, -1, -1, -1).contiguous()
     frames[1, 2] = 0  # the second clip's frames differ from the first's
     dense = backbone.encode(frames, all_positions(backbone, 6).expand(2, -1, -1))
