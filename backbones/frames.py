@@ -4,8 +4,9 @@ offline) and `Backbone.encode` for the "dense" and "sparse" layouts.
 
 A family subclasses `FrameBackbone`, declares its library classes, sizes, released checkpoints and
 preprocessing as class data, and implements `patch_tokens` (normalised frames -> raster-order patch
-tokens). Sparse patch sets are taken by encoding the whole frames they fall in and keeping the selected
-tokens (`sparse_mode`), so the compute is that of the frames touched, not of the K patches.
+tokens). Sparse patch sets (`sparse_mode`) are encoded natively where the family implements
+`kept_patch_tokens` (each frame's kept patches alone: compute of the K patches), else by encoding the whole
+frames they fall in and keeping the selected tokens (compute of the frames touched).
 
 Identical patch budgets: the samplers select on each backbone's own patch grid, and nearly every entry's
 default input size gives the same grid as OneVision's (16 x 16 patches, 8 x 8 for the tiny entries)

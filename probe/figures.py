@@ -133,7 +133,7 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
 
 def accuracy_vs_cost(runs: pd.DataFrame, stem: str | Path, cost: str = "tokens",
                      metric: str = "top1") -> list[Path]:
-    """Accuracy vs cost per clip (tokens or measured encoding time, log axis) for one task: every run
+    """Accuracy vs cost per clip (tokens, FLOPs or encode seconds, log axis) for one task: every run
     a point, the efficiency frontier (runs nothing cheaper beats) as a step line."""
     _one_task(runs)
     runs = runs.dropna(subset=[cost, metric])

@@ -23,7 +23,8 @@ def counted_flops(backbone, frames: torch.Tensor, positions: torch.Tensor) -> in
     return counter.get_total_flops()
 
 
-CASES = [(name, None) for name in TINY] + [("dinov3_tiny", "full_frames_then_gather")]
+WHOLE = [(name, "full_frames_then_gather") for name in ("dinov3_tiny", "siglip2_tiny")]
+CASES = [(name, None) for name in TINY] + WHOLE
 
 
 @pytest.mark.parametrize("name, mode", CASES)
