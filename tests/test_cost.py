@@ -23,7 +23,7 @@ def counted_flops(backbone, frames: torch.Tensor, positions: torch.Tensor) -> in
     return counter.get_total_flops()
 
 
-WHOLE = [(name, "full_frames_then_gather") for name in ("dinov3_tiny", "siglip2_tiny")]
+WHOLE = [(name, "full_frames_then_gather") for name in ("dinov3_tiny", "siglip2_tiny", "qwen3vit_tiny")]
 CASES = [(name, None) for name in TINY] + WHOLE
 
 

@@ -107,7 +107,9 @@ def test_tower_saved_by_the_library_loads_offline_and_encodes_bit_identically(na
     model = family.model_class(family.config_class(**family.sizes["tiny"])).eval()
     model.save_pretrained(tmp_path / "tower")
 
-    backbone = create_backbone(name, checkpoint=str(tmp_path / "tower"))
+    # whole frames: the library's own forward (test_native_sparse checks the native path against it)
+    tower = str(tmp_path / "tower")
+    backbone = create_backbone(name, checkpoint=tower, sparse_mode="full_frames_then_gather")
     assert not backbone.fingerprint().startswith("random-")
     frames = random_frames(backbone, 3)
     tokens = backbone.encode(frames, all_positions(backbone, 3))

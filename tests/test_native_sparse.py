@@ -11,7 +11,7 @@ from backbones import create_backbone
 from tasks.sampling import dense_positions
 
 WHOLE = "full_frames_then_gather"
-NATIVE = ["dinov3_tiny", "siglip2_tiny"]  # families implementing kept-patch input
+NATIVE = ["dinov3_tiny", "siglip2_tiny", "qwen3vit_tiny"]  # families implementing kept-patch input
 
 
 def clips(size: int, seed: int = 0) -> torch.Tensor:
@@ -57,4 +57,7 @@ def test_an_unknown_sparse_mode_is_refused_by_name():
     with pytest.raises(ValueError, match="sparse_mode='packed' is not one of native, full_frames_then"):
         create_backbone("dinov3_tiny", sparse_mode="packed")
     with pytest.raises(ValueError, match="is not one of full_frames_then_gather"):
-        create_backbone("qwen3vit_tiny", sparse_mode="native")
+        create_backbone("siglip2_fixed_tiny", sparse_mode="native")
+    with pytest.raises(ValueError, match="tokens=merged needs whole 2x2 merge blocks"):
+        create_backbone("qwen3vit_tiny", tokens="merged", sparse_mode="native")
+    assert create_backbone("qwen3vit_tiny", tokens="merged").sparse_mode == WHOLE
