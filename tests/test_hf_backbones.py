@@ -79,7 +79,7 @@ def test_tiny_entries_declare_how_they_take_patches(name):
     backbone = create_backbone(name)
     assert isinstance(backbone, FAMILIES[name])
     assert backbone.temporal_slots is None and backbone.native_sparse is False
-    assert backbone.sparse_mode == FAMILIES[name].sparse_modes[0]  # DINOv3: native, the others whole frames
+    assert backbone.sparse_mode == FAMILIES[name].sparse_modes[0]  # native, where the family offers it
     assert backbone.preprocess.size // backbone.patch_size == 8  # OneVision tiny's grid: same regions
     assert backbone.fingerprint().startswith("random-")
     assert create_backbone(name).fingerprint() == backbone.fingerprint()
