@@ -687,6 +687,7 @@ def _commit_manifest(
         "temporal_extent": max(s["temporal_extent"] for s in shards),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cost": store_cost(shards),
-        "shards": shards,
+        # the sidecars, less their measured costs (kept in the sidecars; summed above)
+        "shards": [{k: v for k, v in s.items() if k != "cost"} for s in shards],
     }
     atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1, default=str), _kept(path))
