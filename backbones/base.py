@@ -27,7 +27,7 @@ class PreprocessSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     size: int
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # how the samplers resize frames to `size` (shorter side)
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 `[..., T, H, W, 3]` -> float `[..., 3, T, H, W]` scaled and normalised."""
@@ -106,7 +106,8 @@ class ViTShape:
     def flops(self, patches: int) -> float:
         """Forward FLOPs (2 per multiply-add) of one sequence of `patches` patches (plus the prefix):
         patch embedding, then per block the q/k/v/out projections, attention scores and weighted sum,
-        and the MLP. Norms, softmax and activations are left out (under 1% for these widths)."""
+        and the MLP. Norms, softmax and activations are left out (not matrix products; torch's FLOP
+        counter, which tests/test_cost.py checks these numbers against, leaves them out too)."""
         n = patches + self.prefix
         blocks = 8 * n * self.dim**2 + 4 * n * n * self.dim + 2 * n * self.dim * self.mlp_dim * (
             3 if self.gated_mlp else 2)
