@@ -59,7 +59,6 @@ class FrameBackbone(Backbone):
     # patches alone (with their own positions) through the model, "full_frames_then_gather" encodes
     # the whole frames they fall in and keeps the selected tokens (compute of the frames touched).
     sparse_modes: ClassVar[tuple[str, ...]] = ("full_frames_then_gather",)
-    sparse_mode: str = "full_frames_then_gather"
 
     model_class: ClassVar[type]
     config_class: ClassVar[type]
@@ -82,6 +81,7 @@ class FrameBackbone(Backbone):
         self.preprocess = PreprocessSpec(self.mean, self.std, input_size)
         self.frame_batch = frame_batch
         self._fingerprint = fingerprint
+        self.sparse_mode = self.sparse_modes[0]  # `build` sets the requested one
 
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised frames `[F, 3, H, W]` -> patch tokens `[F, (H/p) * (W/p), D]` in raster order."""

@@ -107,6 +107,9 @@ class Qwen3VitBackbone(FrameBackbone):
                           ) -> torch.Tensor:
         """Each frame's kept patch groups, packed with their learned-grid position embeddings and (h, w)
         rotary positions, through the blocks, one attention segment per frame (`cu_seqlens`)."""
+        if self.tokens == "merged":
+            raise ValueError(f"{self.name}: tokens=merged needs whole 2x2 merge blocks; use "
+                             "sparse_mode=full_frames_then_gather")
         model, m = self.model, self.model.config.spatial_merge_size
         groups, grid_thw = self._groups(pixels)
         f, gh, gw = len(pixels), int(grid_thw[0, 1]), int(grid_thw[0, 2])

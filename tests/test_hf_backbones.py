@@ -151,7 +151,7 @@ def test_qwen3vit_takes_its_tower_out_of_a_whole_qwen3vl_checkpoint(tmp_path):
     for tokens in ("pre_merge", "merged"):
         loaded = create_backbone("qwen3vit_tiny", checkpoint=str(tmp_path / "vlm"), tokens=tokens)
         reference = Qwen3VitBackbone("reference", vlm.model.visual, 128, "unused")
-        reference.tokens = tokens
+        reference.tokens, reference.sparse_mode = tokens, loaded.sparse_mode
         frames = random_frames(loaded, 2)
         positions = all_positions(loaded, 2)
         out = loaded.encode(frames, positions)
