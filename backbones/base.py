@@ -27,7 +27,7 @@ class PreprocessSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     size: int
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # how the samplers resize frames to `size` (shorter side)
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 `[..., T, H, W, 3]` -> float `[..., 3, T, H, W]` scaled and normalised."""
@@ -91,6 +91,40 @@ def _processor_size(config: dict[str, Any]) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class ViTShape:
+    """The sizes that set a ViT's forward FLOPs, declared by each family from its config."""
+
+    layers: int
+    dim: int
+    mlp_dim: int
+    patch_dim: int  # values per patch vector: channels x patch area (x temporal patch)
+    prefix: int = 0  # class and register tokens added to every sequence
+    gated_mlp: bool = False
+    per_patch: float = 0.0  # FLOPs per patch outside the blocks (e.g. a patch merger)
+
+    def flops(self, patches: int) -> float:
+        """Forward FLOPs (2 per multiply-add) of one sequence of `patches` patches (plus the prefix):
+        patch embedding, then per block the q/k/v/out projections, attention scores and weighted sum,
+        and the MLP. Norms, softmax and activations are left out (not matrix products; torch's FLOP
+        counter, which tests/test_cost.py checks these numbers against, leaves them out too)."""
+        n = patches + self.prefix
+        blocks = 8 * n * self.dim**2 + 4 * n * n * self.dim + 2 * n * self.dim * self.mlp_dim * (
+            3 if self.gated_mlp else 2)
+        return 2 * patches * self.patch_dim * self.dim + self.layers * blocks + self.per_patch * patches
+
+
+@dataclass(frozen=True)
+class EncodeCost:
+    """What encoding one view took: frames (or pseudo-frames) through the encoder, tokens through its
+    blocks (class/register tokens included), tokens kept, and analytic FLOPs (None: not declared)."""
+
+    frames: int
+    tokens: int
+    kept: int
+    flops: float | None
+
+
 class Backbone(nn.Module):
     """A frozen encoder: uint8 frames plus token positions in, one token per position out.
 
@@ -121,6 +155,19 @@ class Backbone(nn.Module):
     def fingerprint(self) -> str:
         """Identifies the weights, so stored features are reused only for the same model."""
         raise NotImplementedError
+
+    def vit_shape(self) -> ViTShape | None:
+        """The architecture's FLOP-relevant sizes; None where not declared (FLOPs then unknown)."""
+        return None
+
+    def encode_cost(self, positions: torch.Tensor) -> EncodeCost:
+        """The cost of `encode` for one view with token positions `[N, 3]`. This default is a natively
+        sparse encoder: the N tokens form one sequence (K / patches-per-frame pseudo-frames)."""
+        n = len(positions)
+        per_frame = (self.preprocess.size // self.patch_size) ** 2
+        shape = self.vit_shape()
+        return EncodeCost(frames=-(-n // per_frame), tokens=n + (shape.prefix if shape else 0), kept=n,
+                          flops=shape.flops(n) if shape else None)
 
     def feature_identity(self) -> dict[str, Any]:
         """Everything that changes this backbone's tokens: the feature store keys on it, so two

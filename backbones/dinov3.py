@@ -3,9 +3,13 @@ register tokens it puts before the patch tokens are dropped, the patch tokens ke
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
+import torch.nn.functional as F
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
+from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -13,7 +17,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Dinov3Backbone(FrameBackbone):
-    """Frozen DINOv3 ViT. Sparse patch sets: whole frames encoded, selected tokens kept."""
+    """Frozen DINOv3 ViT. Sparse patch sets: natively by default (each frame's kept patches with their
+    RoPE positions, plus its class and register tokens), or `sparse_mode="full_frames_then_gather"`."""
+
+    sparse_modes = ("native", "full_frames_then_gather")
 
     model_class = DINOv3ViTModel
     config_class = DINOv3ViTConfig
@@ -41,9 +48,36 @@ class Dinov3Backbone(FrameBackbone):
         "dinov3_7b": Entry("7b", "facebook/dinov3-vit7b16-pretrain-lvd1689m", 256),
     }
 
+    def vit_shape(self) -> ViTShape:
+        c = self.model.config
+        return replace(super().vit_shape(), prefix=1 + c.num_register_tokens, gated_mlp=c.use_gated_mlp)
+
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self.model(pixel_values=pixels).last_hidden_state
         return hidden[:, 1 + self.model.config.num_register_tokens :]
+
+    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+                          ) -> torch.Tensor:
+        """The class and register tokens plus the kept patch tokens, each rotated by its own (h, w) RoPE
+        position, through the blocks; padding is masked out of attention."""
+        model, embeddings = self.model, self.model.embeddings
+        conv = embeddings.patch_embeddings  # applied to the kept patches only, as a matrix product
+        frame = pixels[:0]  # no pixels: its shape, dtype and device set the RoPE table
+        pixels = F.unfold(pixels, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
+        kept = pixels.gather(1, index[..., None].expand(-1, -1, pixels.shape[-1]))
+        patches = kept @ conv.weight.flatten(1).T + conv.bias
+        prefix = torch.cat([embeddings.cls_token, embeddings.register_tokens], dim=1)
+        hidden = torch.cat([prefix.expand(len(kept), -1, -1), patches], dim=1)
+        prefix = prefix.shape[1]
+        cos, sin = (table[index][:, None] for table in model.rope_embeddings(frame))  # [F, 1, K, head]
+        mask = None
+        if not bool(valid.all()):
+            keep = torch.cat([valid.new_ones(len(valid), prefix), valid], dim=1)
+            mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
+            mask = mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)[:, None, None]
+        for layer in model.model.layer:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
+        return model.norm(hidden)[:, prefix:]
 
 
 Dinov3Backbone.register_all()

@@ -4,13 +4,16 @@ offline) and `Backbone.encode` for the "dense" and "sparse" layouts.
 
 A family subclasses `FrameBackbone`, declares its library classes, sizes, released checkpoints and
 preprocessing as class data, and implements `patch_tokens` (normalised frames -> raster-order patch
-tokens). Sparse patch sets are taken by encoding the whole frames they fall in and keeping the selected
-tokens (`sparse_mode`), so the compute is that of the frames touched, not of the K patches.
+tokens). Sparse patch sets (`sparse_mode`) are encoded natively where the family implements
+`kept_patch_tokens` (each frame's kept patches alone: compute of the K patches), else by encoding the whole
+frames they fall in and keeping the selected tokens (compute of the frames touched).
 
-Identical patch budgets: the samplers select on each backbone's own patch grid, so every entry's default
-input size gives the same grid as OneVision's (16 x 16 patches, 8 x 8 for the tiny entries) whatever its
-patch size. A budget of K patches is then the same K frame regions for every backbone (`input_size`
-overrides it).
+Identical patch budgets: the samplers select on each backbone's own patch grid, and nearly every entry's
+default input size gives the same grid as OneVision's (16 x 16 patches, 8 x 8 for the tiny entries)
+whatever its patch size; a budget of K patches is then the same K frame regions (the codec sampler scores
+one canonical crop, so equal grids get identical patches). `siglip2_base16_224` (14 x 14) and
+`siglip2_so400m14_384` (27 x 27) keep their native grids: their records state the grid and the frame
+area a budget covers, and the report keeps them apart (`input_size` changes any entry's grid).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from backbones.base import Backbone, PreprocessSpec, release_preprocess
+from backbones.base import Backbone, EncodeCost, PreprocessSpec, ViTShape, release_preprocess
 from backbones.registry import register_backbone
 from backbones.weights import (
     CheckpointError,
@@ -51,8 +54,11 @@ class FrameBackbone(Backbone):
     """A frozen image encoder applied frame by frame; tokens are kept at the requested positions."""
 
     temporal_slots = None
-    native_sparse = False
-    sparse_mode: ClassVar[str] = "full_frames_then_gather"
+    native_sparse = False  # positions are per frame (the samplers' "sparse" layout), not packed
+    # How a sparse patch set is encoded, the first being the default: "native" feeds each frame's kept
+    # patches alone (with their own positions) through the model, "full_frames_then_gather" encodes
+    # the whole frames they fall in and keeps the selected tokens (compute of the frames touched).
+    sparse_modes: ClassVar[tuple[str, ...]] = ("full_frames_then_gather",)
 
     model_class: ClassVar[type]
     config_class: ClassVar[type]
@@ -75,34 +81,71 @@ class FrameBackbone(Backbone):
         self.preprocess = PreprocessSpec(self.mean, self.std, input_size)
         self.frame_batch = frame_batch
         self._fingerprint = fingerprint
+        self.sparse_mode = self.sparse_modes[0]  # `build` sets the requested one
 
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised frames `[F, 3, H, W]` -> patch tokens `[F, (H/p) * (W/p), D]` in raster order."""
         raise NotImplementedError
 
+    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+                          ) -> torch.Tensor:
+        """Native sparse input (families listing "native" in `sparse_modes`): normalised frames
+        `[F, 3, H, W]` and the raster indices `[F, K]` of each frame's kept patches (`valid` marks the real
+        ones, the rest is padding) -> `[F, K, D]` tokens computed from the kept patches alone."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Encode each frame some position points to (once), then gather the tokens at `positions`."""
+        """Encode each frame some position points to (once: whole, or its kept patches in "native" mode)
+        and return the tokens at `positions`."""
         b, t, h, w, _ = frames.shape
-        grid_w = w // self.patch_size
         param = next(self.model.parameters())
-        positions = positions.to(frames.device)
-        frame_ids = torch.arange(b, device=frames.device)[:, None] * t + positions[..., 0]
+        positions = positions.to(param.device)
+        frame_ids = torch.arange(b, device=param.device)[:, None] * t + positions[..., 0]
         needed, which = torch.unique(frame_ids, return_inverse=True)
-        pixels = frames.reshape(b * t, h, w, 3)[needed]
+        pixels = frames.reshape(b * t, h, w, 3)[needed.to(frames.device)]
+        patch = positions[..., 1] * (w // self.patch_size) + positions[..., 2]
+        chunks = range(0, len(needed), self.frame_batch)
+
+        def normalised(i: int) -> torch.Tensor:
+            chunk = pixels[i : i + self.frame_batch].to(param.device)
+            return self.preprocess.normalize(chunk).transpose(0, 1).to(param.dtype)
+
+        if self.sparse_mode == "full_frames_then_gather":
+            tokens = torch.cat([self.patch_tokens(normalised(i)) for i in chunks])
+            return tokens[which, patch]
+        # Each frame's kept patches in a row of `index`, in the order of `positions`.
+        which, patch = which.flatten(), patch.flatten()
+        order = torch.argsort(which, stable=True)
+        counts = torch.bincount(which, minlength=len(needed))
+        rank = torch.empty_like(which)
+        starts = counts.cumsum(0) - counts
+        rank[order] = torch.arange(len(which), device=which.device) - starts[which[order]]
+        index = torch.zeros(len(needed), int(counts.max()), dtype=torch.long, device=which.device)
+        index[which, rank] = patch
+        valid = torch.arange(index.shape[1], device=which.device)[None] < counts[:, None]
+        step = self.frame_batch
         tokens = torch.cat([
-            self.patch_tokens(
-                self.preprocess.normalize(pixels[i : i + self.frame_batch].to(param.device))
-                .transpose(0, 1)
-                .to(param.dtype)
-            )
-            for i in range(0, len(needed), self.frame_batch)
+            self.kept_patch_tokens(normalised(i), index[i : i + step], valid[i : i + step]) for i in chunks
         ])
-        patch = (positions[..., 1] * grid_w + positions[..., 2]).to(tokens.device)
-        return tokens[which.to(tokens.device), patch]
+        return tokens[which, rank].reshape(b, -1, tokens.shape[-1])
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    def vit_shape(self) -> ViTShape:
+        c = self.model.config
+        return ViTShape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, 3 * self.patch_size**2)
+
+    def encode_cost(self, positions: torch.Tensor) -> EncodeCost:
+        """Every frame a position points to is encoded once: all its patches, or in "native" mode the
+        kept ones (a sequence per frame)."""
+        _, kept = torch.unique(positions[:, 0], return_counts=True)
+        if self.sparse_mode == "full_frames_then_gather":
+            kept = torch.full_like(kept, (self.preprocess.size // self.patch_size) ** 2)
+        shape = self.vit_shape()
+        return EncodeCost(frames=len(kept), tokens=int(kept.sum()) + len(kept) * shape.prefix,
+                          kept=len(positions), flops=sum(shape.flops(int(k)) for k in kept))
 
     @classmethod
     def build(
@@ -114,11 +157,17 @@ class FrameBackbone(Backbone):
         seed: int = 0,
         input_size: int | None = None,
         frame_batch: int = 64,
+        sparse_mode: str | None = None,
         **config_overrides: Any,
     ) -> FrameBackbone:
         """Weights from `checkpoint` (folder or repo id in the HF cache) or the entry's released repo;
         `random_init` (the default where there is nothing to load) builds the real architecture from its
-        config class with weights seeded by `seed`."""
+        config class with weights seeded by `seed`. `sparse_mode`: one of the family's `sparse_modes`."""
+        sparse_mode = sparse_mode or cls.sparse_modes[0]
+        if sparse_mode not in cls.sparse_modes:
+            raise ValueError(
+                f"{name}: sparse_mode={sparse_mode!r} is not one of {', '.join(cls.sparse_modes)}"
+            )
         entry = cls.entries[name]
         source = checkpoint or entry.repo_id
         if random_init is None:
@@ -144,6 +193,7 @@ class FrameBackbone(Backbone):
             fingerprint = files_fingerprint(files)
         backbone = cls(name, model, size, fingerprint, frame_batch)
         backbone.config_overrides = dict(config_overrides)
+        backbone.sparse_mode = sparse_mode
         if not random_init:
             backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
         return backbone

@@ -11,15 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import Qwen3VLVisionConfig, Qwen3VLVisionModel
+from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
 
+from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
 
 TOKENS = ("pre_merge", "merged")
 
 
 class Qwen3VitBackbone(FrameBackbone):
-    """Frozen Qwen3-VL vision tower. Sparse patch sets: whole frames encoded, selected tokens kept."""
+    """Frozen Qwen3-VL vision tower. Sparse patch sets: natively by default (each frame's kept patch
+    groups packed with their positions; `tokens="pre_merge"` only), or
+    `sparse_mode="full_frames_then_gather"`."""
+
+    sparse_modes = ("native", "full_frames_then_gather")
 
     model_class = Qwen3VLVisionModel
     config_class = Qwen3VLVisionConfig
@@ -48,10 +55,16 @@ class Qwen3VitBackbone(FrameBackbone):
     tokens: str = "pre_merge"
 
     @classmethod
-    def build(cls, name: str, tokens: str = "pre_merge", **kwargs: Any) -> Qwen3VitBackbone:
+    def build(cls, name: str, tokens: str = "pre_merge", sparse_mode: str | None = None,
+              **kwargs: Any) -> Qwen3VitBackbone:
         if tokens not in TOKENS:
             raise ValueError(f"{name}: tokens={tokens!r} is not one of {', '.join(TOKENS)}")
-        backbone = super().build(name, **kwargs)
+        if tokens == "merged":  # the merger takes whole 2 x 2 blocks
+            if sparse_mode == "native":
+                raise ValueError(f"{name}: tokens=merged needs whole 2x2 merge blocks; use "
+                                 "sparse_mode=full_frames_then_gather")
+            sparse_mode = "full_frames_then_gather"
+        backbone = super().build(name, sparse_mode=sparse_mode, **kwargs)
         merge = backbone.model.config.spatial_merge_size
         if backbone.preprocess.size % (backbone.patch_size * merge):
             raise ValueError(
@@ -63,7 +76,20 @@ class Qwen3VitBackbone(FrameBackbone):
             backbone.embed_dim = backbone.model.config.out_hidden_size
         return backbone
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def vit_shape(self) -> ViTShape:
+        """Patches of `temporal_patch_size` frames; with whole frames the merger and each deepstack merger
+        (run whatever `tokens` is) map every 2 x 2 block through two linear layers of 4 x width (the
+        native path runs the blocks only)."""
+        c = self.model.config
+        merged = c.spatial_merge_size**2 * c.hidden_size
+        mergers = 0 if self.sparse_mode == "native" else 1 + len(c.deepstack_visual_indexes)
+        per_patch = mergers * 2 * (merged * merged + merged * c.out_hidden_size) / c.spatial_merge_size**2
+        patch_dim = 3 * c.temporal_patch_size * self.patch_size**2
+        return ViTShape(c.depth, c.hidden_size, c.intermediate_size, patch_dim, per_patch=per_patch)
+
+    def _groups(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's input for whole frames: `temporal_patch_size x patch x patch` groups `[F * L, .]` in
+        2 x 2 merge-block order, and each frame's grid_thw."""
         f, c, h, w = pixels.shape
         config = self.model.config
         p, m, tp = self.patch_size, config.spatial_merge_size, config.temporal_patch_size
@@ -75,7 +101,43 @@ class Qwen3VitBackbone(FrameBackbone):
             .permute(0, 3, 6, 4, 7, 1, 2, 5, 8)  # frame, merge block (row, col), patch in block, C, T, y, x
             .reshape(f * gh * gw, c * tp * p * p)
         )
-        grid_thw = torch.tensor([[1, gh, gw]], device=pixels.device).expand(f, 3)
+        return groups, torch.tensor([[1, gh, gw]], device=pixels.device).expand(f, 3)
+
+    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+                          ) -> torch.Tensor:
+        """Each frame's kept patch groups, packed with their learned-grid position embeddings and (h, w)
+        rotary positions, through the blocks, one attention segment per frame (`cu_seqlens`)."""
+        if self.tokens == "merged":
+            raise ValueError(f"{self.name}: tokens=merged needs whole 2x2 merge blocks; use "
+                             "sparse_mode=full_frames_then_gather")
+        model, m = self.model, self.model.config.spatial_merge_size
+        groups, grid_thw = self._groups(pixels)
+        f, gh, gw = len(pixels), int(grid_thw[0, 1]), int(grid_thw[0, 2])
+        taps, weights = get_vision_interpolation_indices_and_weights(
+            grid_thw[:1], model.num_grid_per_side, model.interpolation_mode,
+            model.interpolation_align_corners, m,
+        )
+        hw = get_vision_position_ids(grid_thw[:1], m)  # per row of the block order, one frame
+        block_row = torch.empty(gh * gw, dtype=torch.long, device=pixels.device)
+        block_row[hw[:, 0] * gw + hw[:, 1]] = torch.arange(gh * gw, device=pixels.device)  # raster -> row
+        rows = block_row[index][valid]  # the kept patches, frame by frame, in `index` order
+        frame = torch.arange(f, device=pixels.device)[:, None].expand_as(index)[valid]
+        hidden = model.patch_embed(groups[frame * gh * gw + rows])
+        hidden = hidden + (model.pos_embed(taps[rows]) * weights[rows, :, None]).sum(1).to(hidden.dtype)
+        rotary = model.rotary_pos_emb(hidden, hw[rows])
+        cu_seqlens = F.pad(valid.sum(1).cumsum(0), (1, 0)).to(torch.int32)
+        for block in model.blocks:
+            hidden = block(hidden, cu_seqlens=cu_seqlens, max_seqlen=int(valid.sum(1).max()),
+                           position_embeddings=rotary)
+        out = hidden.new_zeros(*index.shape, hidden.shape[-1])
+        out[valid] = hidden
+        return out
+
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        f, _, h, w = pixels.shape
+        m = self.model.config.spatial_merge_size
+        gh, gw = h // self.patch_size, w // self.patch_size
+        groups, grid_thw = self._groups(pixels)
         out = self.model(hidden_states=groups, grid_thw=grid_thw)
         if self.tokens == "merged":
             merged = out.pooler_output.reshape(f, gh // m, 1, gw // m, 1, -1)

@@ -4,9 +4,14 @@ checkpoints) with `SiglipVisionModel`. Its tokens are the patch tokens (SigLIP h
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel, SiglipVisionConfig, SiglipVisionModel
+from transformers.masking_utils import create_bidirectional_mask
 
+from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
 
 WIDTHS = {
@@ -18,7 +23,14 @@ WIDTHS = {
 
 
 class Siglip2Backbone(FrameBackbone):
-    """Frozen SigLIP2 vision tower. Sparse patch sets: whole frames encoded, selected tokens kept."""
+    """Frozen SigLIP2 NaFlex vision tower. Sparse patch sets: natively by default (each frame's kept
+    patches with their position embeddings), or `sparse_mode="full_frames_then_gather"`."""
+
+    sparse_modes = ("native", "full_frames_then_gather")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tables: dict[tuple, torch.Tensor] = {}
 
     model_class = Siglip2VisionModel
     config_class = Siglip2VisionConfig
@@ -38,21 +50,58 @@ class Siglip2Backbone(FrameBackbone):
         "siglip2_so400m16_naflex": Entry("so400m", "google/siglip2-so400m-patch16-naflex", 256),
     }
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def vit_shape(self) -> ViTShape:
+        c = self.model.config
+        # The pooling head's key/value projections, run by the whole model (not by the native path).
+        head = 4 * c.hidden_size**2 if c.vision_use_head and self.sparse_mode != "native" else 0
+        return replace(super().vit_shape(), per_patch=head)
+
+    def _patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """NaFlex patch vectors `[F, L, p * p * C]`: (row, column in patch, channel), raster order."""
         f, c, h, w = pixels.shape
         p = self.patch_size
-        gh, gw = h // p, w // p
-        # NaFlex patch vectors are (row in patch, column in patch, channel), patches in raster order.
-        patches = pixels.reshape(f, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(f, gh * gw, p * p * c)
+        return pixels.reshape(f, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(f, -1, p * p * c)
+
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        f, _, h, w = pixels.shape
+        gh, gw = h // self.patch_size, w // self.patch_size
         mask = torch.ones(f, gh * gw, dtype=torch.long, device=pixels.device)
         shapes = torch.tensor([[gh, gw]], device=pixels.device).expand(f, 2)
-        out = self.model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        out = self.model(pixel_values=self._patches(pixels), pixel_attention_mask=mask, spatial_shapes=shapes)
         return out.last_hidden_state
+
+    def _position_table(self, gh: int, gw: int) -> torch.Tensor:
+        """The learned position grid resized to `gh` x `gw` as NaFlex resizes it, `[gh * gw, D]`, computed
+        once per grid (it depends on the weights only)."""
+        weight = self.model.embeddings.position_embedding.weight
+        key = (gh, gw, weight.device, weight.dtype)
+        if key not in self._tables:
+            side = self.model.embeddings.position_embedding_size
+            shape = torch.tensor([[gh, gw]], device=weight.device)
+            self._tables[key] = self.model.embeddings.resize_positional_embeddings(
+                weight.reshape(side, side, -1), shape, max_length=gh * gw)[0]
+        return self._tables[key]
+
+    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+                          ) -> torch.Tensor:
+        """The kept patches, each with the position embedding of its place on the frame's grid (the
+        learned grid resized as NaFlex resizes it), through the blocks; padding is masked out."""
+        model, embeddings = self.model, self.model.embeddings
+        patches = self._patches(pixels)
+        kept = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+        table = self._position_table(pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
+        hidden = embeddings.patch_embedding(kept.to(table.dtype)) + table[index]
+        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden,
+                                         attention_mask=valid.long())
+        hidden = model.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
+        return model.post_layernorm(hidden)
 
 
 class Siglip2FixedBackbone(Siglip2Backbone):
     """Frozen fixed-resolution SigLIP2 vision tower (learned position grid of `image_size`; other input
     sizes interpolate it). Sparse patch sets: whole frames encoded, selected tokens kept."""
+
+    sparse_modes = ("full_frames_then_gather",)
 
     model_class = SiglipVisionModel
     config_class = SiglipVisionConfig

@@ -258,6 +258,7 @@ class FeatureStore:
         self.embed_dim: int = m["embed_dim"]
         self.temporal_extent: int = m["temporal_extent"]
         self.shard_size: int = m["shard_size"]
+        self.cost: dict[str, Any] | None = m.get("cost")  # per clip, from the extraction that wrote it
         # Clips skipped at extraction (on_bad_clip=skip) stay in their shards with no tokens; the store
         # shows only usable clips, so index i here is the i-th usable clip.
         self.skipped: dict[str, str] = {c: r for s in m["shards"] for c, r in s.get("skipped", {}).items()}
@@ -612,6 +613,7 @@ class _ShardWriter:
         self.residual_only: list[str] = []
         self.retry: list[str] = []  # skipped as missing or unreadable: later runs try them again
         self.received = 0
+        self.cost = dict.fromkeys(COST_SUMS, 0.0)  # this shard's, summed over its views
         self.device = next(backbone.parameters(), torch.empty(0)).device
 
     def add(self, slot: int, views: list[SampledClip] | SkippedClip) -> None:
@@ -648,7 +650,9 @@ class _ShardWriter:
                 out = self.backbone.encode(frames, positions)
                 if out.device.type == "cuda":
                     torch.cuda.synchronize(out.device)
-                self.stats.encode_s += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                self.stats.encode_s += seconds
+                self._add_cost(positions, seconds)
                 self.stats.views += len(chunk)
                 self.stats.tokens += out.shape[0] * out.shape[1]
                 expected = (len(chunk), positions.shape[1], self.backbone.embed_dim)
@@ -661,6 +665,15 @@ class _ShardWriter:
                 for (slot, v, sc), tok in zip(chunk, tokens, strict=True):
                     self.tokens[slot][v] = tok
                     self.positions[slot][v] = sc.positions.cpu().numpy().astype(np.int32)
+
+    def _add_cost(self, positions: torch.Tensor, seconds: float) -> None:
+        for view_positions in positions.cpu():
+            cost = self.backbone.encode_cost(view_positions)
+            for field in ("frames", "tokens", "kept", "flops"):
+                value, total = getattr(cost, field), self.cost[field]
+                self.cost[field] = None if value is None or total is None else total + value
+        self.cost["views"] += len(positions)
+        self.cost["encode_s"] += seconds
 
     def _check_finite(self, chunk: list[tuple[int, int, SampledClip]], out: torch.Tensor,
                       stored: np.ndarray) -> None:
@@ -715,6 +728,7 @@ class _ShardWriter:
             "skipped": self.skipped,
             "residual_only": self.residual_only,
             "retry": self.retry,
+            "cost": {**self.cost, "clips": len(self.clips) - len(self.skipped)},
             "files": files,
         }
         atomic_write_text(self.path / _shard_name(self.index, "json"), json.dumps(sidecar), _kept(self.path))
@@ -775,6 +789,25 @@ def _extract_shards(
     stats.total_s += time.perf_counter() - started
 
 
+# A shard's cost sums (sidecar key -> the manifest's per-clip name).
+COST_SUMS = {"views": "views", "frames": "frames_encoded", "tokens": "tokens_encoded", "kept": "tokens_kept",
+             "flops": "flops", "encode_s": "encode_s"}
+
+
+def store_cost(shards: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Per usable clip (all its views): frames and tokens encoded, tokens kept, analytic FLOPs and the
+    encode seconds measured when the shards were written; None for shards written without costs."""
+    costs = [s.get("cost") for s in shards]
+    if not costs or None in costs:
+        return None
+    clips = sum(c["clips"] for c in costs)
+    out: dict[str, Any] = {"clips": clips}
+    for key, name in COST_SUMS.items():
+        values = [c[key] for c in costs]
+        out[f"{name}_per_clip"] = None if None in values or not clips else sum(values) / clips
+    return out
+
+
 def _commit_manifest(
     path: Path, key: StoreKey, shard_size: int, num_clips: int, num_shards: int, backbone: Backbone
 ) -> None:
@@ -795,6 +828,8 @@ def _commit_manifest(
         "embed_dim": backbone.embed_dim,
         "temporal_extent": max(s["temporal_extent"] for s in shards),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "shards": shards,
+        "cost": store_cost(shards),
+        # the sidecars, less their measured costs (kept in the sidecars; summed above)
+        "shards": [{k: v for k, v in s.items() if k != "cost"} for s in shards],
     }
     atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1, default=str), _kept(path))

@@ -53,7 +53,11 @@ SAMPLING_STYLE = {
     "uniform": ("-", "o"), "codec": ("--", "s"), "random": ("-.", "D"), "pixel_diff": (":", "v"),
 }
 METRIC_LABELS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "mean_class": "mean-class acc. (%)"}
-COST_LABELS = {"tokens": "tokens per clip", "seconds_per_clip": "decode + sample + encode time per clip (s)"}
+COST_LABELS = {
+    "tokens": "tokens kept per clip",
+    "flops_per_clip": "encoder FLOPs per clip",
+    "seconds_per_clip": "encode time per clip (s), when stored",
+}
 
 
 def backbone_colour(name: str) -> str:
@@ -134,7 +138,7 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
 
 def accuracy_vs_cost(runs: pd.DataFrame, stem: str | Path, cost: str = "tokens",
                      metric: str = "top1") -> list[Path]:
-    """Accuracy vs cost per clip (tokens or measured encoding time, log axis) for one task: every run
+    """Accuracy vs cost per clip (tokens, FLOPs or encode seconds, log axis) for one task: every run
     a point, the efficiency frontier (runs nothing cheaper beats) as a step line."""
     _one_task(runs)
     runs = runs.dropna(subset=[cost, metric])
@@ -183,12 +187,13 @@ def _one_task(runs: pd.DataFrame) -> None:
 
 def report_figures(runs: pd.DataFrame, out: str | Path, metric: str = "top1") -> list[Path]:
     """Both figures for every task in `runs`: `<out>/<metric>_vs_budget_<task>` and `..._vs_tokens_...`,
-    plus `..._vs_time_...` where encoding times were measured."""
+    plus `..._vs_flops_...` and `..._vs_time_...` where the records carry FLOPs and encode times."""
     out = Path(out)
     paths: list[Path] = []
     for task, group in runs.groupby("task", sort=True):
         paths += accuracy_vs_budget(group, out / f"{metric}_vs_budget_{task}", metric)
         paths += accuracy_vs_cost(group, out / f"{metric}_vs_tokens_{task}", "tokens", metric)
-        if group["seconds_per_clip"].notna().any():
-            paths += accuracy_vs_cost(group, out / f"{metric}_vs_time_{task}", "seconds_per_clip", metric)
+        for cost, name in (("flops_per_clip", "flops"), ("seconds_per_clip", "time")):
+            if cost in group and group[cost].notna().any():
+                paths += accuracy_vs_cost(group, out / f"{metric}_vs_{name}_{task}", cost, metric)
     return paths

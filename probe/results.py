@@ -55,6 +55,9 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     eval_clips = record["data"].get("eval_clips") or 0
     extract_eval_s = record.get("timings", {}).get("extract_eval_s")
     seconds = extract_eval_s / eval_clips if extract_eval_s is not None and eval_clips else None
+    cost = (record.get("cost") or {}).get("eval") or {}
+    if cost.get("encode_s_per_clip") is not None:
+        seconds = cost["encode_s_per_clip"]
     sampling = record["sampling"]
     val_fraction = config.get("probe", {}).get("recipe", {}).get("val_fraction")
     return {
@@ -68,6 +71,8 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         "budget": sampling["budget"],
         "frames_equiv": sampling.get("frames_equiv"),
         "setting": _setting(sampling),
+        "grid": "x".join(map(str, sampling["grid"])) if sampling.get("grid") else None,
+        "area_fraction": sampling.get("area_fraction"),
         "tokens": sampling["tokens_per_clip"],
         "probe": config.get("probe", {}).get("name"),
         "seed": config.get("seed"),
@@ -81,8 +86,12 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         "grid_max": grid_max["top1"] if grid_max else None,
         "chance": 100 / record["data"]["num_classes"],
         "num_test": metrics.get("num_test"),
-        # Measured encoding time of the test split per clip (all views); tiny when features were reused.
+        # Encode time of a test clip (all views), measured when its feature store was written (records
+        # without a store cost: this run's extraction time, tiny when features were reused).
         "seconds_per_clip": seconds,
+        "frames_per_clip": cost.get("frames_encoded_per_clip"),
+        "tokens_encoded": cost.get("tokens_encoded_per_clip"),
+        "flops_per_clip": cost.get("flops_per_clip"),
         "written_at": record.get("written_at"),
     }
 
@@ -262,11 +271,14 @@ def paper_tables(frame: pd.DataFrame, metric: str = "top1") -> dict[str, Table]:
         sampling, amount = setting.rsplit("_", 1)
         count, unit = amount[:-1], "frame" if amount.endswith("f") else "patch"
         amount = f"{count} {unit}" + ("" if count == "1" else "es" if unit == "patch" else "s")
-        tables[f"backbones_tasks_{setting}"] = pivot(
-            runs, "backbone", "task", metric, average=True,
-            title=f"{METRICS[metric]}: backbones x tasks, {sampling} sampling, {amount}",
-        )
-        tables[f"backbones_tasks_{setting}"].labels = labels
+        for grid, group in _by_grid(runs, unit):
+            name = f"backbones_tasks_{setting}" + (f"_{grid}grid" if grid else "")
+            tables[name] = pivot(
+                group, "backbone", "task", metric, average=True,
+                title=f"{METRICS[metric]}: backbones x tasks, {sampling} sampling, {amount}"
+                + (f" of a {grid} patch grid" if grid else ""),
+            )
+            tables[name].labels = labels
     for (task, backbone), runs in frame.groupby(["task", "backbone"], sort=True):
         table = pivot(
             runs, ["budget", "frames_equiv"], "sampling", metric, compare="row",
@@ -323,6 +335,15 @@ def _setting_order(setting: str) -> tuple[str, float, str]:
     """"uniform_2f" before "uniform_16f", "codec_256p" before "codec_2048p": by sampling, then number."""
     sampling, amount = setting.rsplit("_", 1)
     return sampling, float(amount[:-1]), amount[-1]
+
+
+def _by_grid(runs: pd.DataFrame, unit: str) -> list[tuple[str | None, pd.DataFrame]]:
+    """A patch budget covers the same frame regions only on the same patch grid: runs of one budget on
+    several grids are split by grid (named); frame settings and single-grid budgets stay whole."""
+    grids = runs["grid"].dropna().unique() if "grid" in runs else []
+    if unit == "frame" or len(grids) < 2:
+        return [(None, runs)]
+    return [(str(grid), group) for grid, group in runs.groupby(runs["grid"].fillna("unknown"), sort=True)]
 
 
 def _slug(text: str) -> str:

@@ -377,6 +377,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
         )
     sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
     budget, _ = patch_budget(config["sampling"], backbone)
+    grid = backbone.preprocess.size // backbone.patch_size
     if config["probe"].get("from_run"):
         return evaluate_stored_probe(config, backbone, task, sampler, slot, device, budget)
 
@@ -447,8 +448,13 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
         "sampling": {
             "name": config["sampling"]["name"],
             "budget": budget,
-            "frames_equiv": budget / (backbone.preprocess.size // backbone.patch_size) ** 2,
+            "frames_equiv": budget / grid**2,
             "tokens_per_clip": eval_store.num_tokens,
+            # Budgets are patches of this grid: the same budget is the same frame regions only for
+            # backbones with the same grid (the report keeps other grids apart). area_fraction: the part
+            # of the sampled frames' area the kept patches cover.
+            "grid": [grid, grid],
+            "area_fraction": budget / (grid**2 * sampler.num_frames),
         },
         "protocol": protocol_record(config, result),
         "augmentation": augmentation_record(
@@ -456,6 +462,9 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             task.clips(config["task"]["train_split"]),
             config["extract"]["train_views"] if config["extract"]["mode"] == "store" else recipe.epochs,
         ),
+        # Per clip, from the extraction that wrote each store (kept in its manifest, so reused stores
+        # report the cost of making them): frames/tokens encoded, tokens kept, FLOPs, encode seconds.
+        "cost": {"train": train_store.cost, "eval": eval_store.cost},
         "skipped_clips": {"train": train_store.skipped, "eval": eval_store.skipped},
         # Clips whose codec exports no motion vectors (codec sampling scored them by residuals alone).
         "residual_only_clips": residual_only,

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ class StreamingFeatures:
         self.residual_only: list[str] = []
         self.unreadable: list[str] = []
         self.retried: list[str] = []
+        self.cost: dict[str, Any] | None = None  # a store keeps what making it cost; a stream keeps nothing
         self.extraction = ExtractStats()
         self.device = next(backbone.parameters(), torch.empty(0)).device
         self.pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None

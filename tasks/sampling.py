@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -351,6 +351,10 @@ class CodecSampler(BudgetSampler):
     flat_std: float = 2.0
     camera: str = "similarity"
     fusion: str = "mean"
+    # Saliency is scored on the crop that a 224 px input (OneVision's) keeps, whatever the backbone's size:
+    # the crop then differs by under a pixel between sizes, the scores not at all, so backbones with the
+    # same patch grid (224/14, 256/16) get the same patches. Pixels are cropped at the backbone's size.
+    SCORE_SIZE: ClassVar[int] = 224
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -377,7 +381,7 @@ class CodecSampler(BudgetSampler):
         self.check_length(clip, len(maps.slots))
         selections = []
         for pos in crops:
-            box = crop_box(maps.frame_size, self.size, pos)
+            box = crop_box(maps.frame_size, self.SCORE_SIZE, pos)
             scores = patch_scores(maps, (self.grid, self.grid), box)
             selections.append(select_patches(scores, self.k, self.selection, static=maps.static,
                                              contrast=maps.slot_contrast))

@@ -79,7 +79,7 @@ def test_tiny_entries_declare_how_they_take_patches(name):
     backbone = create_backbone(name)
     assert isinstance(backbone, FAMILIES[name])
     assert backbone.temporal_slots is None and backbone.native_sparse is False
-    assert backbone.sparse_mode == "full_frames_then_gather"
+    assert backbone.sparse_mode == FAMILIES[name].sparse_modes[0]  # native, where the family offers it
     assert backbone.preprocess.size // backbone.patch_size == 8  # OneVision tiny's grid: same regions
     assert backbone.fingerprint().startswith("random-")
     assert create_backbone(name).fingerprint() == backbone.fingerprint()
@@ -107,7 +107,9 @@ def test_tower_saved_by_the_library_loads_offline_and_encodes_bit_identically(na
     model = family.model_class(family.config_class(**family.sizes["tiny"])).eval()
     model.save_pretrained(tmp_path / "tower")
 
-    backbone = create_backbone(name, checkpoint=str(tmp_path / "tower"))
+    # whole frames: the library's own forward (test_native_sparse checks the native path against it)
+    tower = str(tmp_path / "tower")
+    backbone = create_backbone(name, checkpoint=tower, sparse_mode="full_frames_then_gather")
     assert not backbone.fingerprint().startswith("random-")
     frames = random_frames(backbone, 3)
     tokens = backbone.encode(frames, all_positions(backbone, 3))
@@ -149,7 +151,7 @@ def test_qwen3vit_takes_its_tower_out_of_a_whole_qwen3vl_checkpoint(tmp_path):
     for tokens in ("pre_merge", "merged"):
         loaded = create_backbone("qwen3vit_tiny", checkpoint=str(tmp_path / "vlm"), tokens=tokens)
         reference = Qwen3VitBackbone("reference", vlm.model.visual, 128, "unused")
-        reference.tokens = tokens
+        reference.tokens, reference.sparse_mode = tokens, loaded.sparse_mode
         frames = random_frames(loaded, 2)
         positions = all_positions(loaded, 2)
         out = loaded.encode(frames, positions)
@@ -178,7 +180,7 @@ def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_sparse_patch_sets_encode_only_the_frames_they_touch(name, monkeypatch):
-    backbone = create_backbone(name)
+    backbone = create_backbone(name, sparse_mode="full_frames_then_gather")
     frames = random_frames(backbone, 6).expand(2, -1, -1, -1, -1).contiguous()
     frames[1, 2] = 0  # the second clip's frames differ from the first's
     dense = backbone.encode(frames, all_positions(backbone, 6).expand(2, -1, -1))

@@ -75,6 +75,8 @@ def test_run_writes_a_complete_record_and_reuses_it(tmp_path, encode_calls):
         "budget": 256,
         "frames_equiv": 4.0,
         "tokens_per_clip": 256,
+        "grid": [8, 8],
+        "area_fraction": 1.0,
     }
     assert stored["data"]["train_clips"] == 32 and stored["data"]["eval_clips"] == 16
     assert set(stored["metrics"]["curves"]) == {"lr=0.001_wd=0", "lr=0.001_wd=0.01"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from backbones.base import Backbone, PreprocessSpec, release_preprocess
+from backbones.base import Backbone, PreprocessSpec, ViTShape, release_preprocess
 from backbones.onevision.config import OneVisionConfig
 from backbones.onevision.model import OneVisionEncoder
 from backbones.registry import register_backbone
@@ -75,6 +75,12 @@ class OneVisionBackbone(Backbone):
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    def vit_shape(self) -> ViTShape:
+        c = self.model.config
+        head = 4 * c.hidden_size**2 if c.use_head else 0  # the pooling head's key/value projections
+        return ViTShape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, 3 * c.patch_size**2,
+                        per_patch=head)
 
 
 def build_onevision(
