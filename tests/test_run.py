@@ -149,6 +149,8 @@ def test_original_protocol_streams_fresh_views_and_reports_the_test_maximum(tmp_
         (["sampling.name=random"], ConfigError, "sampling.name='random' is not one of: .*uniform"),
         (["sampling.budget=100"], ConfigError, "sampling.budget=100 is not a whole number of frames of 64"),
         (["on_bad_clip=ignore"], ConfigError, "on_bad_clip='ignore' is not one of: skip, error"),
+        (["extract.mode=disk"], ConfigError, "extract.mode='disk' is not one of: store, stream"),
+        (["probe.recipe.selection=test_max"], ConfigError, "set val_fraction=0"),
         (["task=diving48", "task.args.root=/nonexistent/diving48"], AnnotationError, "/nonexistent/diving48"),
     ],
 )
