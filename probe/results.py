@@ -45,6 +45,14 @@ class RecordError(ValueError):
     """A record file that cannot be read as a run record."""
 
 
+def _selection(record: dict[str, Any], val_fraction: float | None) -> str:
+    """How the reported probe was chosen: the record's protocol says so (older records: on validation)."""
+    rule = record.get("protocol", {}).get("selection", "val")
+    if rule == "val" and val_fraction is not None:
+        return f"val ({val_fraction:.0%} of train)"
+    return rule
+
+
 def record_row(record: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one run record that go into tables (accuracies in %, cost per test clip)."""
     metrics = record["metrics"]
@@ -76,7 +84,7 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         "tokens": sampling["tokens_per_clip"],
         "probe": config.get("probe", {}).get("name"),
         "seed": config.get("seed"),
-        "selection": "val" if val_fraction is None else f"val ({val_fraction:.0%} of train)",
+        "selection": _selection(record, val_fraction),
         "selected_probe": metrics.get("selected", {}).get("probe"),
         "top1": test["top1"],
         "top1_low": test["top1_low"],

@@ -272,8 +272,6 @@ def check_task(config: dict[str, Any], task: Task) -> None:
         ) from err
 
 
-EXTRACT_MODES = ("store", "stream")
-
 
 def training_features(
     config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler
@@ -287,8 +285,9 @@ def training_features(
     views = ViewSampler(sampler, True, 1, config["seed"], config["on_bad_clip"], jitter)
     key = {"task": task.name, "split": split, "sampling": config["sampling"], "seed": config["seed"],
            "augment": jitter.to_dict()}
+    extract_cfg = config["extract"]
     return StreamingFeatures(backbone, task.clips(split), views.draw, key, sampler.num_frames,
-                             config["num_workers"], config["extract"]["batch_size"])
+                             config["num_workers"], extract_cfg["batch_size"], extract_cfg["dtype"])
 
 
 def protocol_record(config: dict[str, Any], result: GridResult) -> dict[str, Any]:
@@ -308,7 +307,9 @@ def protocol_record(config: dict[str, Any], result: GridResult) -> dict[str, Any
     }
 
 
-def head_config(config: dict[str, Any], backbone: Backbone, store: FeatureStore) -> HeadConfig:
+def head_config(
+    config: dict[str, Any], backbone: Backbone, store: FeatureStore | StreamingFeatures
+) -> HeadConfig:
     head = dict(config["probe"]["head"])
     if head.get("temporal_pos", "auto") == "auto":
         # OneVision's RoPE already encodes t; image backbones see frames separately.
@@ -394,11 +395,12 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
 
     recipe = Recipe(**{**config["probe"]["recipe"], "seed": config["seed"]})
     checkpoint = Path(config["cache_dir"]).expanduser() / "probes" / slot.run_id / "grid.pt"
+    head = head_config(config, backbone, train_store)
     result: GridResult = train_probe_grid(
         train_store,
         eval_store,
         task.num_classes,
-        head_config(config, backbone, train_store),
+        head,
         recipe,
         checkpoint=checkpoint,
         device=device,
@@ -498,7 +500,6 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     }
     kept = f"The trained probes are kept in {checkpoint}: the next run evaluates them and writes the record."
 
-    head = head_config(config, backbone, train_store)
     about = {"backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint()}, "task": task.name,
              "sampling": config["sampling"], "selected": record["metrics"]["selected"]}
     probe = probe_files(head, train_store.embed_dim, task.num_classes, result.selected_state, about)

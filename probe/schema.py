@@ -39,6 +39,11 @@ class StoreDtype(str, Enum):
     float32 = "float32"
 
 
+class ExtractMode(str, Enum):
+    store = "store"
+    stream = "stream"
+
+
 class Progress(str, Enum):
     auto = "auto"
     bar = "bar"
@@ -74,6 +79,7 @@ def _at_least(low: float, strict: bool = False) -> dict[str, Any]:
 
 @dataclass
 class Extract:
+    mode: ExtractMode = ExtractMode.store
     train_views: int = field(default=2, metadata=_at_least(1))
     batch_size: int = field(default=8, metadata=_at_least(1))
     shard_size: int = field(default=64, metadata=_at_least(1))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from backbones import Backbone
-from probe.features import ExtractStats, FeatureBatch, _make_batch, clips_digest
+from probe.features import CODECS, ExtractStats, FeatureBatch, _make_batch, clips_digest
 from tasks import Clip, SampledClip, SkippedClip
 
 
@@ -42,6 +42,7 @@ class StreamingFeatures:
         num_frames: int,
         num_workers: int = 0,
         batch_size: int = 8,
+        dtype: str = "float16",
     ) -> None:
         self.backbone, self.clips, self.draw = backbone, list(clips), draw
         self.labels = np.asarray([c.label for c in self.clips], dtype=np.int64)
@@ -50,6 +51,7 @@ class StreamingFeatures:
         self.temporal_extent = num_frames  # image backbones: t indexes the sampled frames
         self.num_tokens = 0  # known once a batch is encoded
         self.batch_size = batch_size
+        self.codec = CODECS[dtype]
         self.skipped: dict[str, str] = {}
         # What a store also records (codec clips scored without vectors, clips to retry); a stream keeps
         # no store, so each epoch tries every clip afresh.
@@ -109,6 +111,10 @@ class StreamingFeatures:
             self.extraction.encode_s += time.perf_counter() - t0
             self.extraction.views += len(members)
             self.extraction.tokens += tokens.shape[0] * tokens.shape[1]
-            for i, t in zip(members, tokens.float().cpu(), strict=True):
+            # Through the store's dtype, as the stored test tokens were: token channels of random-weight
+            # encoders carry their signal in the last bits of a large mean, so a probe trained on full
+            # precision and tested on float16 tokens sees two different distributions.
+            stored = self.codec.decode(self.codec.encode(tokens.detach().cpu()))
+            for i, t in zip(members, stored, strict=True):
                 out[i] = t
         return out

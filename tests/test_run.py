@@ -151,6 +151,8 @@ def test_original_protocol_streams_fresh_views_and_reports_the_test_maximum(tmp_
         (["sampling.name=nope"], ConfigError, "sampling.name='nope' is not one of: .*random.*uniform"),
         (["sampling.budget=100"], ConfigError, "sampling.budget=100 is not a whole number of frames of 64"),
         (["on_bad_clip=ignore"], ConfigError, "on_bad_clip='ignore': expected one of: skip, error"),
+        (["extract.mode=disk"], ConfigError, "extract.mode='disk': expected one of: store, stream"),
+        (["probe.recipe.selection=test_max"], ConfigError, "set val_fraction=0"),
         (["task=diving48", "task.args.root=/nonexistent/diving48"], AnnotationError, "/nonexistent/diving48"),
     ],
 )
