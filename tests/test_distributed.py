@@ -216,7 +216,7 @@ def _torchrun(tmp: Path, overrides: list[str], kill: str = "") -> subprocess.Com
 def _files(root: Path, finished_shards: bool = False) -> dict[str, tuple[int, int]]:
     """Feature-store files under `root` (all, or those of shards with their commit mark): (inode,
     modification time), to tell rewritten files."""
-    files = [f for f in root.glob("features/*/*") if f.is_file()]
+    files = [f for f in root.glob("features/*/*") if f.is_file() and f.name != ".lock"]  # locks: rewritten
     if finished_shards:
         done = {f.name.split(".")[0] for f in files if f.name.startswith("shard_") and f.suffix == ".json"}
         files = [f for f in files if f.name.split(".")[0] in done]
