@@ -198,13 +198,15 @@ class UniformSampler(SamplerConfig):
             offsets = [np.full(self.num_frames, (k + 0.5) / self.num_clips) for k in range(self.num_clips)]
             crops = crop_positions(self.num_crops)
         indices = np.concatenate([chunk_indices(start, stop, self.num_frames, o) for o in offsets])
-        frames = reader.get_frames(indices)  # one decode pass for all temporal views
+        # one decode pass for all temporal views; each distinct frame decoded and resized once
+        distinct, inverse = reader.get_distinct(indices)
+        frames = resize_shorter_side(distinct, self.size, self.interpolation)[inverse]
         indices = np.minimum(indices, reader.num_frames - 1)  # the reader may have learned a shorter stream
         views = []
         for k in range(len(offsets)):
             part = slice(k * self.num_frames, (k + 1) * self.num_frames)
             positions = dense_positions(self._slots(indices[part], start, stop), self.grid)
-            resized = resize_shorter_side(frames[part], self.size, self.interpolation)
+            resized = frames[part]
             views += [
                 SampledClip(clip_id=clip.clip_id, label=clip.label,
                             frames=crop_square(resized, self.size, pos).contiguous(), positions=positions,

@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,30 @@ def fingerprint(cfg: SyntheticConfig, digits: Path) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def remove_stale_generations(base: Path, max_age_s: float = 86400.0) -> None:
+    """Remove the `.tmp-<fingerprint>-<host>-<pid>` folders of killed generations: those of this host whose
+    process is gone, and any untouched for `max_age_s` (another host's, or from before host names)."""
+    host = socket.gethostname()
+    for tmp in base.glob(".tmp-*"):
+        owner, _, pid = tmp.name[len(".tmp-") + 17:].rpartition("-")
+        try:
+            gone = owner == host and pid.isdigit() and not _alive(int(pid))
+            if gone or time.time() - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def generate(
     cfg: SyntheticConfig,
     digits: Path | None = None,
@@ -186,7 +212,8 @@ def generate(
     out = base / fingerprint(cfg, digits)
     if (out / "DONE").is_file():
         return out
-    tmp = base / f".tmp-{out.name}-{os.getpid()}"
+    remove_stale_generations(base)
+    tmp = base / f".tmp-{out.name}-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     _write_task(cfg, digits, tmp, progress)
     try:

@@ -87,6 +87,12 @@ class VideoReader(ABC):
 
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed); indices past the end are clamped to it."""
+        frames, inverse = self.get_distinct(indices)
+        return frames[inverse]
+
+    def get_distinct(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(frames, inverse)`: each distinct frame of `indices` once, and `frames[inverse]` is
+        `get_frames(indices)`; a frame sampled at many indices (a short clip) is decoded and kept once."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0 or (idx < 0).any():
             raise ValueError(f"frame indices must be a non-empty list of non-negative ints, got {indices}")
@@ -104,7 +110,8 @@ class VideoReader(ABC):
                         self.path, self._num_frames, decoded_count)
             self._num_frames = decoded_count
             idx = np.minimum(idx, decoded_count - 1)
-        return np.stack([frames[int(i)] for i in idx])
+        distinct, inverse = np.unique(idx, return_inverse=True)
+        return np.stack([frames[int(i)] for i in distinct]), inverse
 
     @abstractmethod
     def _read(self, wanted: list[int]) -> tuple[dict[int, np.ndarray], int | None]:
@@ -324,20 +331,37 @@ def crop_origin(height: int, width: int, size: int, position: float = 0.5) -> tu
     return top, left
 
 
-def resize_shorter_side(frames: np.ndarray | torch.Tensor, size: int,
-                        interpolation: str = "bicubic") -> torch.Tensor:
+def resize_shorter_side(frames: np.ndarray | torch.Tensor, size: int, interpolation: str = "bicubic",
+                        max_float: int = 1 << 24) -> torch.Tensor:
     """uint8 `[T, H, W, 3]` -> uint8 with the shorter side `size`, aspect kept; `interpolation` is
-    "bicubic" or "bilinear" (antialiased) or "nearest"."""
+    "bicubic" or "bilinear" (antialiased) or "nearest".
+
+    The float32 copy the filter needs is made `max_float` values at a time at most (whole frames, or one
+    colour plane of one frame): an 8K frame costs one 133 MB plane, not 400 MB per frame sampled.
+    Planes are filtered independently, so the result is the same bit for bit.
+    """
     if interpolation not in ("bicubic", "bilinear", "nearest"):
         raise ValueError(f"interpolation {interpolation!r} is not one of bicubic, bilinear, nearest")
     x = torch.as_tensor(frames)
-    h, w = x.shape[1:3]
+    t, h, w = x.shape[:3]
     out_hw = resized_shape(h, w, size)
     if out_hw == (h, w):
         return x
+    planes = x.permute(0, 3, 1, 2)
+    step = max_float // (h * w)  # planes per filter call
+    if step >= 3 * t:
+        return _filter(planes, out_hw, interpolation).permute(0, 2, 3, 1).contiguous()
+    out = torch.empty((t, 3, *out_hw), dtype=torch.uint8)
+    flat_in, flat_out = planes.reshape(t * 3, 1, h, w), out.view(t * 3, 1, *out_hw)
+    for i in range(0, t * 3, max(step, 1)):
+        flat_out[i:i + max(step, 1)] = _filter(flat_in[i:i + max(step, 1)], out_hw, interpolation)
+    return out.permute(0, 2, 3, 1).contiguous()
+
+
+def _filter(planes: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
     smooth = dict(antialias=True, align_corners=False) if interpolation != "nearest" else {}
-    y = F.interpolate(x.permute(0, 3, 1, 2).float(), size=out_hw, mode=interpolation, **smooth)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    y = F.interpolate(planes.float(), size=out_hw, mode=interpolation, **smooth)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def crop_square(frames: torch.Tensor, size: int, position: float = 0.5) -> torch.Tensor:

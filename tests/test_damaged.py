@@ -4,10 +4,12 @@ shards, clips that vanish for one run, hand-written list files, full disks and t
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +34,9 @@ from probe.files import DiskFullError, InUseError, exclusive
 from probe.record import run_id
 from probe.run import compose_config, run
 from probe.train import NonFiniteLossError, train_probe_grid
-from tasks import AnnotationError, VideoDecodeError, create_task
+from tasks import AnnotationError, VideoDecodeError, create_task, open_video
+from tasks.synthetic import SyntheticConfig, generate
+from tasks.video import resize_shorter_side
 
 SIZE = (160, 120)
 
@@ -303,3 +307,31 @@ def test_a_second_run_of_one_run_id_is_refused_while_the_first_runs(tmp_path: Pa
         first.wait()
     with exclusive(lock, "run", wait=False):  # a killed holder leaves no lock behind
         pass
+
+
+# ---- huge frames, killed generations --------------------------------------------------------------------
+
+
+def test_each_distinct_frame_is_decoded_and_resized_once(cup: Path) -> None:
+    reader = open_video(cup / "cup1.mp4")
+    frames, inverse = reader.get_distinct([5, 0, 5, 5, 31, 0, 90])  # 90 is past the end: the last frame
+    assert frames.shape == (3, SIZE[1], SIZE[0], 3) and inverse.tolist() == [1, 0, 1, 1, 2, 0, 2]
+    assert np.array_equal(frames[inverse], reader.get_frames([5, 0, 5, 5, 31, 0, 31]))
+    whole = resize_shorter_side(frames, 56)
+    assert torch.equal(resize_shorter_side(frames, 56, max_float=SIZE[0] * SIZE[1]), whole)  # plane by plane
+
+
+def test_folders_of_killed_generations_do_not_stay(tmp_path: Path) -> None:
+    base = tmp_path / "synthetic"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    host, fp = socket.gethostname(), "0123456789abcdef"
+    pids = {"dead": finished.stdout.strip(), "alive": os.getpid()}
+    names = {**{k: f".tmp-{fp}-{host}-{pid}" for k, pid in pids.items()},
+             "old": f".tmp-{fp}-elsewhere-1", "recent": f".tmp-{fp}-elsewhere-2"}
+    for name in names.values():
+        (base / name).mkdir(parents=True)
+    os.utime(base / names["old"], (time.time() - 3 * 86400,) * 2)
+    generate(SyntheticConfig(num_train=8, num_test=8, num_frames=8, size=64, digit_size=16),
+             fixtures_dir() / "videos" / "digits.png", tmp_path, progress=False)
+    assert sorted(p.name for p in base.glob(".tmp-*")) == sorted([names["alive"], names["recent"]])
