@@ -104,7 +104,7 @@ def test_run_writes_a_complete_record_and_reuses_it(tmp_path, encode_calls):
             ConfigError,
             "backbone.name='onevision_gigantic' is not one of",
         ),
-        (["sampling.name=random"], ConfigError, "sampling.name='random' is not one of: .*uniform"),
+        (["sampling.name=nearest"], ConfigError, "sampling.name='nearest' is not one of: .*uniform"),
         (["sampling.budget=100"], ConfigError, "sampling.budget=100 is not a whole number of frames of 64"),
         (["on_bad_clip=ignore"], ConfigError, "on_bad_clip='ignore' is not one of: skip, error"),
         (["task=diving48", "task.args.root=/nonexistent/diving48"], AnnotationError, "/nonexistent/diving48"),
