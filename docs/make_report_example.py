@@ -1,4 +1,4 @@
-"""Regenerate the README's example report: a multirun of 4 budgets x 3 samplings x 2 backbones on the
+"""Regenerate the README's example report: a multirun of 4 budgets x 2 samplings x 2 backbones on the
 generated task (random-weight backbones, a few minutes on a CPU), then `python -m probe.report`.
 
     python docs/make_report_example.py [WORK_DIR]     # records in WORK_DIR/results, report in docs/report
@@ -22,7 +22,7 @@ BACKBONES = {
     "onevision_small": ["+backbone.args.input_size=112", "+backbone.args.num_hidden_layers=2"],
 }
 FRAMES = (1, 2, 4, 8)
-SAMPLINGS = ("uniform", "codec", "random")
+SAMPLINGS = ("uniform", "codec")
 COMMON = [
     "task.args.num_train=64",
     "task.args.num_test=32",
