@@ -1,6 +1,6 @@
-"""SigLIP2, DINOv3, CLIP / MetaCLIP 2, DINOv2, AIMv2 and the Qwen3-VL vision tower: the libraries' own
-models, loaded offline, encoding frames and patch sets, and running the whole pipeline at the same patch
-budget as OneVision."""
+"""SigLIP2, DINOv3, CLIP / MetaCLIP 2, DINOv2, AIMv2, the Qwen3-VL vision tower and V-JEPA 2: the
+libraries' own models, loaded offline, encoding frames and patch sets, and running the whole pipeline at the
+same patch budget as OneVision."""
 
 from __future__ import annotations
 
