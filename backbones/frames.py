@@ -94,6 +94,12 @@ class FrameBackbone(Backbone):
         ones, the rest is padding) -> `[F, K, D]` tokens computed from the kept patches alone."""
         raise NotImplementedError
 
+    def off_native_grid(self, pixels: torch.Tensor) -> bool:
+        """Whether frames `[F, 3, H, W]` leave the learned position grid of the model's `image_size` (whole
+        patches: 384 / 14 -> 27), so the model must interpolate its position embeddings."""
+        grid = self.model.config.image_size // self.patch_size
+        return pixels.shape[-2] // self.patch_size != grid or pixels.shape[-1] // self.patch_size != grid
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Encode each frame some position points to (once: whole, or its kept patches in "native" mode)

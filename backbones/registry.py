@@ -45,7 +45,11 @@ def create_backbone(name: str, **overrides: Any) -> Backbone:
 
 def _import_families() -> None:
     """Import the family modules so their `@register_backbone` lines run."""
+    import backbones.aimv2  # noqa: F401
+    import backbones.clip  # noqa: F401
+    import backbones.dinov2  # noqa: F401
     import backbones.dinov3  # noqa: F401
     import backbones.onevision  # noqa: F401
     import backbones.qwen3_vit  # noqa: F401
     import backbones.siglip2  # noqa: F401
+    import backbones.vjepa2  # noqa: F401

@@ -1,6 +1,7 @@
 """SigLIP2, frame by frame, through transformers: the NaFlex models with `Siglip2VisionModel` (flattened
 patches, a patch mask and each image's patch grid), the fixed-resolution ones (released as SigLIP
-checkpoints) with `SiglipVisionModel`. Its tokens are the patch tokens (SigLIP has no class token)."""
+checkpoints) with `SiglipVisionModel`, as is SigLIP v1. Its tokens are the patch tokens (SigLIP has no
+class token), all of them, as the original suite's `model_factory/vit_siglip.py` probes."""
 
 from __future__ import annotations
 
@@ -123,10 +124,21 @@ class Siglip2FixedBackbone(Siglip2Backbone):
     }
 
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        grid = self.model.config.image_size // self.patch_size  # 384 / 14 -> 27: the model's own grid
-        resized = pixels.shape[-2] // self.patch_size != grid or pixels.shape[-1] // self.patch_size != grid
+        resized = self.off_native_grid(pixels)
         return self.model(pixel_values=pixels, interpolate_pos_encoding=resized).last_hidden_state
+
+
+class SiglipBackbone(Siglip2FixedBackbone):
+    """Frozen SigLIP (v1) vision tower: the same library class and tokens as the fixed-resolution SigLIP2
+    (whose tiny entry, `siglip2_fixed_tiny`, is this architecture), with SigLIP's own releases."""
+
+    entries = {
+        "siglip_base16_224": Entry("base16_224", "google/siglip-base-patch16-224", 224),
+        "siglip_large16_256": Entry("large16_256", "google/siglip-large-patch16-256", 256),
+        "siglip_so400m14_384": Entry("so400m14_384", "google/siglip-so400m-patch14-384", 378),
+    }
 
 
 Siglip2Backbone.register_all()
 Siglip2FixedBackbone.register_all()
+SiglipBackbone.register_all()

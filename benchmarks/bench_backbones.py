@@ -23,7 +23,8 @@ from tqdm import tqdm
 from backbones import Backbone, create_backbone
 from tasks.sampling import dense_positions, temporal_positions
 
-TINY = ["onevision_tiny", "siglip2_tiny", "dinov3_tiny", "qwen3vit_tiny"]
+TINY = ["onevision_tiny", "siglip2_tiny", "dinov3_tiny", "qwen3vit_tiny", "clip_tiny", "metaclip2_tiny",
+        "dinov2reg_tiny", "dinov2_tiny", "aimv2_tiny", "vjepa2_tiny"]
 
 
 def uniform_input(backbone: Backbone, budget: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -108,8 +108,16 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
 FAMILY_NAMES = {
     "onevision": "OneVision-Encoder",
     "siglip2": "SigLIP2",
+    "siglip": "SigLIP",
     "dinov3": "DINOv3",
+    "dinov2": "DINOv2",
+    "dinov2reg": "DINOv2 with registers",
     "qwen3vit": "Qwen3-VL ViT",
+    "clip": "CLIP",
+    "metaclip": "MetaCLIP",
+    "metaclip2": "MetaCLIP 2",
+    "aimv2": "AIMv2",
+    "vjepa2": "V-JEPA 2",
 }
 
 

@@ -23,6 +23,15 @@ BACKBONES = {
     "eval_siglip2_large_patch16_256": "siglip2_large16_256",
     "eval_dinov3_large": "dinov3_large",
     "eval_qwen3vit": "qwen3vit_8b",
+    "eval_clip_base": "clip_base16",
+    "eval_clip_large": "clip_large14",
+    "eval_metaclip_large": "metaclip_large14",
+    "eval_metaclip2_large": "metaclip2_large14",
+    "eval_siglip_large_patch16_256": "siglip_large16_256",
+    "eval_dinov2_large": "dinov2_large",
+    "eval_dinov2reg_large": "dinov2reg_large",
+    "eval_aimv2_large_patch14_224": "aimv2_large14_native",
+    "eval_vjepa2_large": "vjepa2_large",
 }
 EPOCHS = {"diving48": 30, "ssv2": 10, "kinetics400": 10}
 
@@ -63,6 +72,10 @@ def test_the_scripts_users_know_are_there():
         "eval_siglip2_large_patch16_256_8frames.sh",
         "eval_dinov3_large_8frames.sh",
         "eval_qwen3vit_8frames.sh",
+        "eval_clip_large_8frames.sh",
+        "eval_metaclip2_large_8frames.sh",
+        "eval_siglip_large_patch16_256_8frames.sh",
+        "eval_dinov2_large_8frames.sh",
     } <= names
     settings = ("8frames", "16frames", "2kpatches_codec", "4kpatches_codec")
     for prefix in BACKBONES:  # every backbone has the four settings

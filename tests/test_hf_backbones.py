@@ -1,5 +1,6 @@
-"""SigLIP2, DINOv3 and the Qwen3-VL vision tower: the libraries' own models, loaded offline, encoding frames
-and patch sets, and running the whole pipeline at the same patch budget as OneVision."""
+"""SigLIP2, DINOv3, CLIP / MetaCLIP 2, DINOv2, AIMv2, the Qwen3-VL vision tower and V-JEPA 2: the
+libraries' own models, loaded offline, encoding frames and patch sets, and running the whole pipeline at the
+same patch budget as OneVision."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import pytest
 import safetensors.torch
 import torch
 from test_run import small
+from transformers import VJEPA2Config, VJEPA2Model
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 from transformers.vision_utils import get_vision_position_ids
 
 from backbones import create_backbone, list_backbones
+from backbones.aimv2 import Aimv2Backbone
+from backbones.clip import ClipBackbone, MetaClip2Backbone
+from backbones.dinov2 import Dinov2Backbone, Dinov2RegBackbone
 from backbones.dinov3 import Dinov3Backbone
 from backbones.frames import FrameBackbone
 from backbones.qwen3_vit import Qwen3VitBackbone
-from backbones.siglip2 import Siglip2Backbone, Siglip2FixedBackbone
+from backbones.siglip2 import Siglip2Backbone, Siglip2FixedBackbone, SiglipBackbone
+from backbones.vjepa2 import Vjepa2Backbone
 from backbones.weights import CheckpointError
 from probe.results import backbone_label, format_table, record_row
 from probe.run import build_sampler, compose_config, run
@@ -33,7 +39,16 @@ FAMILIES: dict[str, type[FrameBackbone]] = {
     "siglip2_fixed_tiny": Siglip2FixedBackbone,
     "dinov3_tiny": Dinov3Backbone,
     "qwen3vit_tiny": Qwen3VitBackbone,
+    "clip_tiny": ClipBackbone,
+    "metaclip2_tiny": MetaClip2Backbone,
+    "dinov2reg_tiny": Dinov2RegBackbone,
+    "dinov2_tiny": Dinov2Backbone,
+    "aimv2_tiny": Aimv2Backbone,
 }
+IMAGENET = ("dinov3_tiny", "dinov2reg_tiny", "dinov2_tiny")
+VIDEO = ["vjepa2_tiny"]  # video encoders: whole clips in, one token per tubelet
+# One end-to-end run per family's code path (dinov2_tiny's is dinov2reg_tiny's, without registers).
+END_TO_END = ["onevision_tiny", *(n for n in FAMILIES if n != "dinov2_tiny"), *VIDEO]
 
 
 def random_frames(backbone: FrameBackbone, num_frames: int, seed: int = 0) -> torch.Tensor:
@@ -50,10 +65,13 @@ def library_tokens(name: str, model: torch.nn.Module, pixels: torch.Tensor) -> t
     """Raster-order patch tokens `[F, L, D]` of the library model, its input laid out by the library's
     own processing code (normalised pixels `[F, 3, H, W]` in)."""
     config = model.config
-    if name == "dinov3_tiny":
-        return model(pixel_values=pixels).last_hidden_state[:, 1 + config.num_register_tokens :]
-    if name == "siglip2_fixed_tiny":
+    if name in IMAGENET:  # class token, then registers (none in plain DINOv2), then the patches
+        registers = getattr(config, "num_register_tokens", 0)
+        return model(pixel_values=pixels).last_hidden_state[:, 1 + registers :]
+    if name in ("siglip2_fixed_tiny", "aimv2_tiny"):  # no class token
         return model(pixel_values=pixels).last_hidden_state
+    if name in ("clip_tiny", "metaclip2_tiny"):  # before post_layernorm, class token dropped
+        return model(pixel_values=pixels).last_hidden_state[:, 1:]
     grid = pixels.shape[-1] // config.patch_size
     if name == "siglip2_tiny":
         patches = torch.stack([convert_image_to_patches(p, config.patch_size) for p in pixels])
@@ -84,13 +102,17 @@ def test_tiny_entries_declare_how_they_take_patches(name):
     assert backbone.fingerprint().startswith("random-")
     assert create_backbone(name).fingerprint() == backbone.fingerprint()
     assert create_backbone(name, seed=1).fingerprint() != backbone.fingerprint()
-    expected_mean = (0.485, 0.456, 0.406) if name == "dinov3_tiny" else (0.5, 0.5, 0.5)
+    openai = ("clip_tiny", "metaclip2_tiny", "aimv2_tiny")
+    expected_mean = {**dict.fromkeys(IMAGENET, (0.485, 0.456, 0.406)),
+                     **dict.fromkeys(openai, (0.48145466, 0.4578275, 0.40821073))}
+    expected_mean = expected_mean.get(name, (0.5, 0.5, 0.5))
     assert backbone.preprocess.mean == expected_mean
 
 
 def test_every_registered_entry_has_a_valid_config_a_grid_and_a_config_file():
     registered = list_backbones()
-    for family in set(FAMILIES.values()):
+    # SigLIP v1 has siglip2_fixed_tiny's architecture; V-JEPA 2 is tested apart (whole clips, not frames)
+    for family in {*FAMILIES.values(), SiglipBackbone, Vjepa2Backbone}:
         for name, entry in family.entries.items():
             config = family.config_class(**family.sizes[entry.size])
             unit = config.patch_size * getattr(config, "spatial_merge_size", 1)
@@ -162,6 +184,52 @@ def test_qwen3vit_takes_its_tower_out_of_a_whole_qwen3vl_checkpoint(tmp_path):
     assert torch.equal(grid[0, 0], grid[1, 1]) and not torch.equal(grid[0, 0], grid[0, 2])
 
 
+@pytest.mark.parametrize("name", ["clip_tiny", "metaclip2_tiny"])
+def test_clip_takes_its_tower_out_of_a_whole_released_clip_model(name, tmp_path):
+    from transformers import CLIPConfig, CLIPModel, MetaClip2Config, MetaClip2Model
+
+    config_class, model_class = {"clip_tiny": (CLIPConfig, CLIPModel),
+                                 "metaclip2_tiny": (MetaClip2Config, MetaClip2Model)}[name]
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                vocab_size=64, bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(3)
+    whole = model_class(
+        config_class(vision_config=FAMILIES[name].sizes["tiny"], text_config=text, projection_dim=16)
+    ).eval()
+    whole.save_pretrained(tmp_path / "release")
+    backbone = create_backbone(name, checkpoint=str(tmp_path / "release"))
+    assert sum(p.numel() for p in backbone.model.parameters()) == sum(
+        p.numel() for p in whole.vision_model.parameters()
+    )  # the text tower and the projections stay on disk
+    frames = random_frames(backbone, 2)
+    tokens = backbone.encode(frames, all_positions(backbone, 2))
+    with torch.no_grad():
+        hidden = whole.vision_model(pixel_values=backbone.preprocess.normalize(frames[0]).transpose(0, 1))
+    assert torch.equal(tokens[0], hidden.last_hidden_state[:, 1:].reshape(-1, backbone.embed_dim))
+    # the probed tokens precede post_layernorm (which CLIP applies to the pooled class token only)
+    assert not torch.allclose(tokens[0, :64], whole.vision_model.post_layernorm(tokens[0, :64]))
+
+
+def test_vjepa2_saved_by_the_library_gives_each_patch_its_tubelet_token(tmp_path):
+    torch.manual_seed(4)
+    model = VJEPA2Model(VJEPA2Config(**Vjepa2Backbone.sizes["tiny"])).eval()
+    model.save_pretrained(tmp_path / "vjepa2")
+    backbone = create_backbone("vjepa2_tiny", checkpoint=str(tmp_path / "vjepa2"))
+    assert backbone.sparse_mode == "whole_clip_then_gather"
+    assert backbone.preprocess.size // backbone.patch_size == 8
+    frames = random_frames(backbone, 4).expand(2, -1, -1, -1, -1).contiguous()
+    frames[1, 3] = 0
+    tokens = backbone.encode(frames, all_positions(backbone, 4).expand(2, -1, -1))
+    video = backbone.preprocess.normalize(frames).transpose(1, 2)
+    with torch.no_grad():
+        expected = model(pixel_values_videos=video, skip_predictor=True).last_hidden_state  # [2, 2 * 64, D]
+    per_frame = expected.reshape(2, 2, 1, 64, -1).expand(-1, -1, 2, -1, -1)  # both frames of a tubelet
+    assert torch.equal(tokens, per_frame.reshape(2, 256, -1))
+    # an odd frame count: the last frame fills the last tubelet
+    odd = backbone.encode(frames[:, :3], all_positions(backbone, 3).expand(2, -1, -1))
+    assert torch.equal(odd[0], backbone.encode(frames[:1, [0, 1, 2, 2]], all_positions(backbone, 3))[0])
+
+
 def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     repo = "facebook/dinov3-vits16-pretrain-lvd1689m"
@@ -176,6 +244,8 @@ def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path, monkeypatch)
         create_backbone("qwen3vit_tiny", input_size=112)
     with pytest.raises(ValueError, match="input_size 120 is not a multiple of patch 16"):
         create_backbone("dinov3_tiny", input_size=120)
+    with pytest.raises(ValueError, match="aimv2_tiny: input_size 140 differs from the 112 px.*=112"):
+        create_backbone("aimv2_tiny", is_native=False, input_size=140)  # learned positions: one size
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -207,7 +277,7 @@ def test_codec_sampler_gives_every_tiny_backbone_the_same_patches(tmp_path):
     clip = task.clips("test")[0]
     sampling = compose_config(["sampling=codec"])["sampling"]
     chosen = {}
-    for name in ["onevision_tiny", *FAMILIES]:
+    for name in ["onevision_tiny", *FAMILIES, *VIDEO]:
         backbone = create_backbone(name)
         (view,) = build_sampler(sampling, backbone, str(tmp_path / "cache"))(clip)
         assert view.layout == ("packed" if name == "onevision_tiny" else "sparse")
@@ -221,14 +291,14 @@ def test_codec_sampler_gives_every_tiny_backbone_the_same_patches(tmp_path):
 def test_every_tiny_backbone_runs_the_pipeline_at_the_same_budget(tmp_path):
     records = [
         run(small(tmp_path, f"backbone={name}", f"sampling={sampling}"))
-        for name in ["onevision_tiny", *FAMILIES]
+        for name in END_TO_END
         for sampling in ("uniform", "codec")
     ]
     assert {(r["backbone"]["name"], r["sampling"]["name"]) for r in records} == {
-        (name, s) for name in ["onevision_tiny", *FAMILIES] for s in ("uniform", "codec")
+        (name, s) for name in END_TO_END for s in ("uniform", "codec")
     }
     assert {r["sampling"]["tokens_per_clip"] for r in records} == {256}
     assert all(r["metrics"]["num_test"] == 16 and r["backbone"]["random_weights"] for r in records)
-    assert {r["backbone"]["embed_dim"] for r in records if r["backbone"]["name"] in FAMILIES} == {64}
+    assert {r["backbone"]["embed_dim"] for r in records if r["backbone"]["name"] != "onevision_tiny"} == {64}
     table = format_table([record_row(r) for r in records])
-    assert all(f"| {backbone_label(name, random_weights=True)} |" in table for name in FAMILIES)
+    assert all(f"| {backbone_label(name, random_weights=True)} |" in table for name in END_TO_END[1:])
