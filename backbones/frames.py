@@ -141,7 +141,8 @@ class FrameBackbone(Backbone):
 
     def vit_shape(self) -> ViTShape:
         c = self.model.config
-        return ViTShape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, 3 * self.patch_size**2)
+        mlp = getattr(c, "intermediate_size", None) or int(c.hidden_size * c.mlp_ratio)  # DINOv2: a ratio
+        return ViTShape(c.num_hidden_layers, c.hidden_size, mlp, 3 * self.patch_size**2)
 
     def encode_cost(self, positions: torch.Tensor) -> EncodeCost:
         """Every frame a position points to is encoded once: all its patches, or in "native" mode the

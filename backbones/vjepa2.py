@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from transformers import VJEPA2Config, VJEPA2Model
 
+from backbones.base import EncodeCost, ViTShape
 from backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD
 from backbones.frames import Entry, FrameBackbone
 
@@ -28,7 +29,7 @@ PREDICTOR_TINY = dict(pred_hidden_size=32, pred_num_attention_heads=2, pred_num_
 class Vjepa2Backbone(FrameBackbone):
     """Frozen V-JEPA 2 encoder; one token per tubelet, given to both of its frames' patch positions."""
 
-    sparse_mode = "whole_clip_then_gather"
+    sparse_modes = ("whole_clip_then_gather",)
     model_class = VJEPA2Model
     config_class = VJEPA2Config
     mean = IMAGENET_MEAN
@@ -61,6 +62,20 @@ class Vjepa2Backbone(FrameBackbone):
         positions = positions.to(tokens.device)
         index = (positions[..., 0] // k) * gh * gw + positions[..., 1] * gw + positions[..., 2]
         return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+    def vit_shape(self) -> ViTShape:
+        c = self.model.config
+        return ViTShape(c.num_hidden_layers, c.hidden_size, int(c.hidden_size * c.mlp_ratio),
+                        3 * int(c.tubelet_size) * self.patch_size**2)
+
+    def encode_cost(self, positions: torch.Tensor) -> EncodeCost:
+        """One sequence of every tubelet of the view's frames (up to the last one a position points to,
+        filled to whole tubelets), whatever was kept."""
+        k = int(self.model.config.tubelet_size)
+        frames = int(positions[:, 0].max()) + 1 if len(positions) else 0
+        tubelets = -(-frames // k) * (self.preprocess.size // self.patch_size) ** 2
+        return EncodeCost(frames=frames, tokens=tubelets, kept=len(positions),
+                          flops=self.vit_shape().flops(tubelets))
 
 
 Vjepa2Backbone.register_all()

@@ -160,7 +160,7 @@ def no_work(monkeypatch):
     ("task.epochs=0", "task.epochs=0: expected an integer >= 1"),
     ("probe.recipe.view_space=mean", "probe.recipe.view_space='mean': expected one of: logit, prob"),
     ("task=list", "task.args.splits.train is required and has no value: set task.args.splits.train="),
-    ("backbone.name=nope", "backbone.name='nope' is not one of: dinov3_"),
+    ("backbone.name=nope", "backbone.name='nope' is not one of: aimv2_"),
     ("task=diving48", "diving48"),  # no data root: named before any backbone is built
 ])
 def test_bad_values_fail_before_any_work_naming_the_key(tmp_path, no_work, override, message) -> None:
