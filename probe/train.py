@@ -343,10 +343,10 @@ def train_probe_grid(
     logits = predict([final], test, np.arange(test.num_clips), device, recipe.eval_batch_size)[0]
     metrics = classification_metrics(logits, test.labels, recipe.view_space, recipe.bootstrap, recipe.seed)
     log.info(
-        "selected %s epoch %d (val top-1 %.2f): test top-1 %.2f [%.2f, %.2f], top-5 %.2f, mean-class %.2f",
+        "selected %s epoch %d (%s): test top-1 %.2f [%.2f, %.2f], top-5 %.2f, mean-class %.2f",
         best.probe,
         best.epoch,
-        best.val_top1,
+        "no validation split" if best.val_top1 is None else f"val top-1 {best.val_top1:.2f}",
         metrics.top1,
         metrics.top1_low,
         metrics.top1_high,
