@@ -7,7 +7,11 @@ process), each into a fresh store. The feature store's `ExtractStats` split the 
 inside `backbone.encode`, `wait` is waiting for the next decoded and sampled clip. encode/wait well
 above 1 means the workers keep up and the backbone is the bottleneck.
 
-    python benchmarks/bench_loader.py [--quick] [--threads 1] [OVERRIDE ...]
+`--select` compares codec sampling with and without its maps computed ahead (`ovprobe-select`, timed on
+its own: clips/s per core), at the configured worker count: the loader-wait fraction of extraction
+with the motion-vector analysis in the loader, and with only the kept frames to decode.
+
+    python benchmarks/bench_loader.py [--quick] [--threads 1] [--select] [OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from bench_store_scale import bench_config, generate_task, prepare, settings
 
 from probe.run import compose_config
+from probe.select import precompute
 
 
 def main() -> None:
@@ -34,13 +39,22 @@ def main() -> None:
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, e.g. task.args.num_train=200 sampling.frames_equiv=4"
     )
+    parser.add_argument(
+        "--select", action="store_true", help="codec sampling with and without ovprobe-select"
+    )
     args = parser.parse_args()
+    if args.select:
+        select_arms(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = args.workers or [compose_config()["num_workers"], 0]
     # The test split is not extracted: keep its generation short.
-    overrides = ["task.args.num_test=8", *(["task.args.num_train=32", "sampling.frames_equiv=2"] if args.quick
-                                           else []), *args.overrides]
+    overrides = [
+        "task.args.num_test=8",
+        *(["task.args.num_train=32", "sampling.frames_equiv=2"] if args.quick else []),
+        *args.overrides,
+    ]
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="ovprobe-bench-loader-") as tmp:
@@ -58,8 +72,38 @@ def main() -> None:
         print(f"{w:12d}{s.clips:12d}" + "".join(f"{c:12.2f}" for c in cells))
     (w0, s0), *others = rows
     for w, s in others:
-        print(f"num_workers={w0} vs {w}: {s.total_s / s0.total_s:.2f}x faster, loader wait "
-              f"{s.wait_s / s0.wait_s:.1f}x lower")
+        print(
+            f"num_workers={w0} vs {w}: {s.total_s / s0.total_s:.2f}x faster, loader wait "
+            f"{s.wait_s / s0.wait_s:.1f}x lower"
+        )
+
+
+def select_arms(args: argparse.Namespace) -> None:
+    """Extraction under codec sampling: maps computed in the loader vs read from `ovprobe-select`'s cache."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = [
+        "task.args.num_test=8",
+        "sampling=codec",
+        *(["task.args.num_train=32"] if args.quick else []),
+        *args.overrides,
+    ]
+    with tempfile.TemporaryDirectory(prefix="ovprobe-bench-select-") as tmp:
+        plain = bench_config(tmp, Path(tmp) / "plain", overrides)
+        generate_task(plain)
+        without = prepare(plain)().extraction
+        ahead = bench_config(tmp, Path(tmp) / "ahead", overrides)
+        summary = precompute(ahead)
+        with_select = prepare(ahead)().extraction
+    workers = max(ahead["num_workers"], 1)
+    print(settings(ahead))
+    per_core = summary.clips / summary.seconds / workers
+    print(f"ovprobe-select: {summary.line()}; {per_core:.2f} clips/s per core ({workers} worker processes)")
+    print("| extraction | wall s | encode s | loader wait s | wait fraction | clips/s |")
+    print("|---|---|---|---|---|---|")
+    for name, s in (("maps computed in the loader", without), ("maps from ovprobe-select", with_select)):
+        cells = (s.total_s, s.encode_s, s.wait_s, s.wait_s / s.total_s, s.clips / s.total_s)
+        print(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

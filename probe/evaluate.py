@@ -74,8 +74,9 @@ def bootstrap_interval(
     return 100.0 * float(low), 100.0 * float(high)
 
 
-def paired_bootstrap(values: np.ndarray, resamples: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> tuple[float, float]:
+def paired_bootstrap(
+    values: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-clip `values` (e.g. one run's correct minus
     another's on the same clips): clips are resampled, so both runs keep their pairing. Percentages."""
     values = np.asarray(values, dtype=np.float64)
@@ -91,8 +92,12 @@ def paired_bootstrap(values: np.ndarray, resamples: int = 1000, seed: int = 0,
     return 100.0 * float(low), 100.0 * float(high)
 
 
-def clip_outcomes(clip_ids: Sequence[str], view_logits: torch.Tensor, labels: torch.Tensor | np.ndarray,
-                  space: str = "logit") -> dict[str, Any]:
+def clip_outcomes(
+    clip_ids: Sequence[str],
+    view_logits: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    space: str = "logit",
+) -> dict[str, Any]:
     """Whether each test clip's view-averaged top-1 is right, compactly for a run record: the clip
     count, a SHA-256 of the ordered clip ids (runs pair only on the same clips) and the bits, packed."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
@@ -158,10 +163,12 @@ def predict(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Logits of every head for every view of `clips`: [P, C, V, K] float32 on the CPU.
+    """Logits of every probe for every view of `clips`: [P, C, V, K] float32 on the CPU.
 
-    Each batch of stored tokens is read once and shared by all heads. With several processes each
-    predicts every world_size-th clip and all receive all clips, each exactly once (no padding).
+    A module gives one probe's logits [B, K] or a stacked grid's [P_i, B, K] (`probe.grid`); P counts
+    them all, in order. Each batch of stored tokens is read once and shared by all modules. With several
+    processes each predicts every world_size-th clip and all receive all clips, each exactly once (no
+    padding).
     """
     mine = distributed.shard(len(clips))
     local = _predict(heads, features, np.asarray(clips)[mine], torch.device(device), batch_size)
@@ -173,7 +180,7 @@ def _predict(
 ) -> torch.Tensor:
     views = features.num_views
     if not len(clips):
-        return torch.empty(len(heads), 0, views, 0)
+        return torch.empty(sum(getattr(head, "num_probes", 1) for head in heads), 0, views, 0)
     pair_clips, pair_views = np.repeat(clips, views), np.tile(np.arange(views), len(clips))
     outputs: list[list[torch.Tensor]] = [[] for _ in heads]
     for head in heads:
@@ -183,5 +190,7 @@ def _predict(
         batch = features.batch(pair_clips[sl], pair_views[sl]).to(device)
         for out, head in zip(outputs, heads, strict=True):
             with autocast(device):
-                out.append(head(batch.tokens, batch.positions, batch.mask).float().cpu())
-    return torch.stack([torch.cat(out) for out in outputs]).view(len(heads), len(clips), views, -1)
+                logits = head(batch.tokens, batch.positions, batch.mask).float().cpu()
+            out.append(logits if logits.ndim == 3 else logits[None])
+    probes = torch.cat([torch.cat(out, dim=1) for out in outputs])
+    return probes.view(len(probes), len(clips), views, -1)

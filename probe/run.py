@@ -85,6 +85,16 @@ def compose_config(overrides: list[str] | None = None) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def resolve_dtype(args: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The backbone's arguments with `dtype=auto` (every backbone's default) resolved: bfloat16 on CUDA,
+    where the original suite also encodes in bf16 and SDPA can take its flash kernels, float32 on CPUs
+    (bf16 there is slow). The dtype that ran is part of the run's identity, the store key (feature
+    identity) and the record."""
+    if args.get("dtype") != "auto":
+        return args
+    return {**args, "dtype": "bfloat16" if device.type == "cuda" else "float32"}
+
+
 def check_config(config: dict[str, Any]) -> None:
     """The whole config against `probe.schema` and the registries, before any work."""
     check_run_config(
@@ -240,9 +250,11 @@ def extract(
 
 
 def run_identity(config: dict[str, Any], backbone: Backbone, task: Task) -> dict[str, str]:
-    """What a run ran on beyond its config: the weights' fingerprint and each split's clips and labels."""
+    """What a run ran on beyond its config: the weights' fingerprint and compute dtype (`dtype=auto`
+    differs by device) and each split's clips and labels."""
     return {
         "weights": backbone.fingerprint(),
+        "dtype": backbone.feature_identity()["dtype"],
         **{
             f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]))
             for role in ("train", "eval")
@@ -364,7 +376,8 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
         )
     check_task(config, task)
-    backbone = create_backbone(config["backbone"]["name"], **config["backbone"]["args"]).to(device)
+    backbone_args = resolve_dtype(config["backbone"]["args"], device)
+    backbone = create_backbone(config["backbone"]["name"], **backbone_args).to(device)
     identity = run_identity(config, backbone, task)
     slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
     if slot.existing is not None:

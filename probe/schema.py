@@ -56,6 +56,12 @@ class ViewSpace(str, Enum):
     prob = "prob"
 
 
+class GridTrainer(str, Enum):
+    auto = "auto"
+    stacked = "stacked"
+    loop = "loop"
+
+
 class TemporalPos(str, Enum):
     auto = "auto"
     none = "none"
@@ -130,6 +136,7 @@ class Recipe:
     val_fraction: float = field(default=0.1, metadata={**_at_least(0), "below": 1.0})  # 0: no validation
     view_space: ViewSpace = ViewSpace.logit
     bootstrap: int = field(default=1000, metadata=_at_least(0))
+    grid: GridTrainer = GridTrainer.auto
 
 
 @dataclass
@@ -147,8 +154,10 @@ class RunConfig:
     probe: Probe = field(default_factory=Probe)
     extract: Extract = field(default_factory=Extract)
     seed: int = 0
-    device: str = field(default="auto", metadata={"pattern": r"auto|cpu|cuda|cuda:\d+|mps",
-                                                  "accepted": "auto, cpu, cuda, cuda:N, mps"})
+    device: str = field(
+        default="auto",
+        metadata={"pattern": r"auto|cpu|cuda|cuda:\d+|mps", "accepted": "auto, cpu, cuda, cuda:N, mps"},
+    )
     results_dir: str = "results"
     cache_dir: str = "~/.cache/ovprobe"
     on_existing: OnExisting = OnExisting.reuse

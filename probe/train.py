@@ -28,7 +28,7 @@ import logging
 import math
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import product
 from pathlib import Path
@@ -52,8 +52,9 @@ from probe.evaluate import (
     predict,
     topk_accuracy,
 )
-from probe.features import Features
+from probe.features import FeatureBatch, Features
 from probe.files import atomic_write
+from probe.grid import StackedAdamW, StackedProbes, stack_unsupported
 from probe.head import HEADS
 from tasks.progress import Progress, progress_bar
 
@@ -87,6 +88,7 @@ class HeadConfig:
         return head(embed_dim, num_classes, **{k: v for k, v in asdict(self).items() if k in takes})
 
 
+GRID_TRAINERS = ("auto", "stacked", "loop")
 SELECTIONS = {"val": "val", "test_max": "max over test epochs, original protocol"}
 
 
@@ -112,13 +114,20 @@ class Recipe:
     # top-1 over epochs and probes, trained on the whole training split (val_fraction 0): the original
     # protocol's number, optimistic by construction and labelled so in the record.
     selection: str = "val"
+    # "auto": the grid as one stacked module where the head allows (`probe.grid`), else one probe after
+    # the other; "stacked" or "loop" force one (same numbers up to float rounding).
+    grid: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.grid not in GRID_TRAINERS:
+            raise ValueError(f"recipe.grid={self.grid!r}; choose one of {', '.join(GRID_TRAINERS)}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"recipe.selection={self.selection!r}; choose one of {', '.join(SELECTIONS)}")
         if self.selection == "test_max" and (self.val_fraction != 0 or not self.track_test):
-            raise ValueError("recipe.selection=test_max trains on the whole training split and reads the "
-                             "test split every epoch: set val_fraction=0 and track_test=true")
+            raise ValueError(
+                "recipe.selection=test_max trains on the whole training split and reads the "
+                "test split every epoch: set val_fraction=0 and track_test=true"
+            )
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ class GridResult:
     num_val: int
     num_test: int
     train_seconds: float  # this session only (a resumed run counts from its restart)
+    trainer: str  # "stacked" (one module for the grid) or "loop" (one probe after the other)
     test_view_logits: torch.Tensor = field(repr=False)  # [C, V, K] of the selected probe
     selected_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # its weights
 
@@ -208,7 +218,10 @@ def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
 
 
 class _Grid:
-    """The probes with their optimisers and schedules, all built from one seed."""
+    """The probes with their optimisers and schedules, all built from one seed, trained one after the
+    other on each batch (any head)."""
+
+    trainer = "loop"
 
     def __init__(
         self,
@@ -220,11 +233,10 @@ class _Grid:
         total_steps: int,
         device: torch.device,
     ) -> None:
+        self.recipe, self.device = recipe, device
         self.heads, self.optimizers, self.schedulers = [], [], []
-        for spec in specs:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(recipe.seed)
-                model = head.build(embed_dim, num_classes).to(device)
+        models = _build_heads(specs, embed_dim, num_classes, head, recipe, device)
+        for model, spec in zip(models, specs, strict=True):
             groups = [
                 {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": spec.wd},
                 {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
@@ -233,6 +245,33 @@ class _Grid:
             self.heads.append(model)
             self.optimizers.append(optimizer)
             self.schedulers.append(LambdaLR(optimizer, _linear_decay(spec.lr, recipe.final_lr, total_steps)))
+        self.modules: list[torch.nn.Module] = self.heads
+
+    def step(self, batch: FeatureBatch, size: int) -> torch.Tensor:
+        """One optimiser step of every probe on `batch` (this process's slice of a global batch of
+        `size`); the summed training loss of each probe [P]."""
+        losses = []
+        for head, optimizer in zip(self.heads, self.optimizers, strict=True):
+            with autocast(self.device):
+                logits = head(batch.tokens, batch.positions, batch.mask)
+            loss = F.cross_entropy(
+                logits.float(), batch.labels, label_smoothing=self.recipe.label_smoothing, reduction="sum"
+            )
+            optimizer.zero_grad(set_to_none=True)
+            (loss / size).backward()
+            losses.append(loss.detach())
+        _sum_gradients(self.heads)
+        for head, optimizer, scheduler in zip(self.heads, self.optimizers, self.schedulers, strict=True):
+            torch.nn.utils.clip_grad_norm_(head.parameters(), self.recipe.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        return torch.stack(losses)
+
+    def lrs(self) -> list[float]:
+        return [s.get_last_lr()[0] for s in self.schedulers]
+
+    def probe_state(self, p: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.heads[p].state_dict().items()}
 
     def state_dict(self) -> dict[str, list[dict]]:
         return {
@@ -249,6 +288,105 @@ class _Grid:
         ):
             for obj, sd in zip(objs, state[key], strict=True):
                 obj.load_state_dict(sd)
+
+
+class _StackedGrid:
+    """The same probes as `_Grid` (same initial weights, update rule and schedules) as one stacked
+    module (`probe.grid.StackedProbes`): one forward and one backward per batch for the whole grid."""
+
+    trainer = "stacked"
+
+    def __init__(
+        self,
+        specs: list[ProbeSpec],
+        embed_dim: int,
+        num_classes: int,
+        head: HeadConfig,
+        recipe: Recipe,
+        total_steps: int,
+        device: torch.device,
+    ) -> None:
+        self.recipe, self.device = recipe, device
+        self.module = StackedProbes(_build_heads(specs, embed_dim, num_classes, head, recipe, device))
+        self.optimizer = StackedAdamW(
+            self.module.stacked,
+            self.module.decayed(),
+            [s.lr for s in specs],
+            [s.wd for s in specs],
+            recipe.betas,
+            recipe.final_lr,
+            total_steps,
+            recipe.grad_clip,
+        )
+        self.modules: list[torch.nn.Module] = [self.module]
+
+    def step(self, batch: FeatureBatch, size: int) -> torch.Tensor:
+        with autocast(self.device):
+            logits = self.module(batch.tokens, batch.positions, batch.mask)  # [P, B, K]
+        num_probes = logits.shape[0]
+        losses = (
+            F.cross_entropy(
+                logits.float().flatten(0, 1),
+                batch.labels.repeat(num_probes),
+                label_smoothing=self.recipe.label_smoothing,
+                reduction="none",
+            )
+            .view(num_probes, -1)
+            .sum(1)
+        )
+        self.module.zero_grad(set_to_none=True)
+        (losses.sum() / size).backward()
+        _sum_gradients(self.modules)
+        self.optimizer.step()
+        return losses.detach()
+
+    def lrs(self) -> list[float]:
+        return self.optimizer.current_lrs()
+
+    def probe_state(self, p: int) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in self.module.probe_state(p).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _build_heads(
+    specs: list[ProbeSpec],
+    embed_dim: int,
+    num_classes: int,
+    head: HeadConfig,
+    recipe: Recipe,
+    device: torch.device,
+) -> list[torch.nn.Module]:
+    """One head per probe, every one from the same seed (so the grid differs only in lr and wd)."""
+    heads = []
+    for _ in specs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            heads.append(head.build(embed_dim, num_classes).to(device))
+    return heads
+
+
+def make_grid(
+    specs: list[ProbeSpec],
+    embed_dim: int,
+    num_classes: int,
+    head: HeadConfig,
+    recipe: Recipe,
+    total_steps: int,
+    device: torch.device,
+) -> _Grid | _StackedGrid:
+    """The grid trainer `recipe.grid` asks for: "stacked" (refused, with the reason, for a head it cannot
+    stack), "loop", or "auto" (stacked when the head allows)."""
+    why = stack_unsupported(head.kind, head.depth, head.positions, head.temporal_pos)
+    if recipe.grid == "stacked" and why is not None:
+        raise ValueError(f"probe.recipe.grid=stacked cannot train this head ({why}); use grid=loop or auto")
+    kind = _StackedGrid if recipe.grid != "loop" and why is None else _Grid
+    return kind(specs, embed_dim, num_classes, head, recipe, total_steps, device)
 
 
 def _linear_decay(lr: float, final_lr: float, total_steps: int) -> Callable[[int], float]:
@@ -281,14 +419,15 @@ def train_probe_grid(
     specs = probe_grid(recipe)
     train_idx, val_idx = split_train_val(train.labels, recipe.val_fraction, recipe.seed)
     steps_per_epoch = math.ceil(len(train_idx) / recipe.batch_size)
-    grid = _Grid(specs, train.embed_dim, num_classes, head, recipe, recipe.epochs * steps_per_epoch, device)
+    total_steps = recipe.epochs * steps_per_epoch
+    grid = make_grid(specs, train.embed_dim, num_classes, head, recipe, total_steps, device)
     curves: dict[str, list[EpochStats]] = {s.name: [] for s in specs}
     best: Selection | None = None
     best_rank: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
     done = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    key = _run_key(train, test, num_classes, head, recipe)
+    key = _run_key(train, test, num_classes, head, recipe, grid.trainer)
     saved = _load_checkpoint(ckpt, key, device) if ckpt is not None and ckpt.is_file() else None
     if saved is not None:
         grid.load_state_dict(saved)
@@ -318,18 +457,16 @@ def train_probe_grid(
             t0 = time.perf_counter()
             losses = _train_epoch(grid, train, train_idx, recipe, epoch, device, bar)
             _check_finite(losses, specs, train, epoch + 1)
-            for spec, model, stats in zip(
-                specs,
-                grid.heads,
-                _score(grid, losses, train, val_idx, test, recipe, epoch, device),
-                strict=True,
+            for p, (spec, stats) in enumerate(
+                zip(specs, _score(grid, losses, train, val_idx, test, recipe, epoch, device), strict=True)
             ):
                 curves[spec.name].append(stats)
                 if best is None or _rank(stats, recipe.selection) > best_rank:
-                    best = Selection(spec.name, epoch + 1, stats.val_top1, stats.val_loss,
-                                     SELECTIONS[recipe.selection])
+                    best = Selection(
+                        spec.name, epoch + 1, stats.val_top1, stats.val_loss, SELECTIONS[recipe.selection]
+                    )
                     best_rank = _rank(stats, recipe.selection)
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    best_state = grid.probe_state(p)
             if distributed.is_main():
                 _log_epoch(epoch + 1, recipe.epochs, curves, best, time.perf_counter() - t0)
                 if ckpt is not None:
@@ -364,13 +501,14 @@ def train_probe_grid(
         num_val=len(val_idx),
         num_test=test.num_clips,
         train_seconds=time.perf_counter() - started,
+        trainer=grid.trainer,
         test_view_logits=logits,
         selected_state=best_state,
     )
 
 
 def _train_epoch(
-    grid: _Grid,
+    grid: _Grid | _StackedGrid,
     train: Features,
     train_idx: np.ndarray,
     recipe: Recipe,
@@ -387,28 +525,14 @@ def _train_epoch(
     views = rng.integers(train.num_views, size=len(order))
     if getattr(train, "fresh_views", False):  # streamed features: epoch e draws its own view number e
         views = np.full(len(order), epoch)
-    sums = torch.zeros(len(grid.heads), device=device)
-    for head in grid.heads:
-        head.train()
+    sums = torch.zeros(len(grid.lrs()), device=device)
+    for module in grid.modules:
+        module.train()
     world, rank = distributed.world_size(), distributed.rank()
     for start in range(0, len(order), recipe.batch_size):
         size = min(recipe.batch_size, len(order) - start)
         sl = slice(start + size * rank // world, start + size * (rank + 1) // world)
-        batch = train.batch(order[sl], views[sl]).to(device)
-        for p, (head, optimizer) in enumerate(zip(grid.heads, grid.optimizers, strict=True)):
-            with autocast(device):
-                logits = head(batch.tokens, batch.positions, batch.mask)
-            loss = F.cross_entropy(
-                logits.float(), batch.labels, label_smoothing=recipe.label_smoothing, reduction="sum"
-            )
-            optimizer.zero_grad(set_to_none=True)
-            (loss / size).backward()
-            sums[p] += loss.detach()
-        _sum_gradients(grid.heads)
-        for head, optimizer, scheduler in zip(grid.heads, grid.optimizers, grid.schedulers, strict=True):
-            torch.nn.utils.clip_grad_norm_(head.parameters(), recipe.grad_clip)
-            optimizer.step()
-            scheduler.step()
+        sums += grid.step(train.batch(order[sl], views[sl]).to(device), size)
         bar.update(1)
     return (distributed.all_reduce_sum(sums) / len(order)).tolist()
 
@@ -430,7 +554,7 @@ def _check_finite(losses: list[float], specs: list[ProbeSpec], train: Features, 
         )
 
 
-def _sum_gradients(heads: list[torch.nn.Module]) -> None:
+def _sum_gradients(heads: Sequence[torch.nn.Module]) -> None:
     """Sum every probe's gradients over the processes in one all-reduce (a no-op when alone)."""
     if distributed.world_size() == 1:
         return
@@ -441,7 +565,7 @@ def _sum_gradients(heads: list[torch.nn.Module]) -> None:
 
 
 def _score(
-    grid: _Grid,
+    grid: _Grid | _StackedGrid,
     losses: list[float],
     train: Features,
     val_idx: np.ndarray,
@@ -451,13 +575,15 @@ def _score(
     device: torch.device,
 ) -> list[EpochStats]:
     """Each probe's epoch: validation top-1 and loss, and (tracking only) test top-1."""
-    val_logits = predict(grid.heads, train, val_idx, device, recipe.eval_batch_size) if len(val_idx) else None
+    val_logits = None
+    if len(val_idx):
+        val_logits = predict(grid.modules, train, val_idx, device, recipe.eval_batch_size)
     val_labels = torch.from_numpy(train.labels[val_idx])
     test_logits = None
     if recipe.track_test:
-        test_logits = predict(grid.heads, test, np.arange(test.num_clips), device, recipe.eval_batch_size)
+        test_logits = predict(grid.modules, test, np.arange(test.num_clips), device, recipe.eval_batch_size)
     out = []
-    for p, scheduler in enumerate(grid.schedulers):
+    for p, lr in enumerate(grid.lrs()):
         logp = None if val_logits is None else aggregate_views(val_logits[p], recipe.view_space)
         out.append(
             EpochStats(
@@ -468,7 +594,7 @@ def _score(
                 test_top1=None
                 if test_logits is None
                 else _top1(test_logits[p], test.labels, recipe.view_space),
-                lr=scheduler.get_last_lr()[0],
+                lr=lr,
             )
         )
     return out
@@ -513,8 +639,11 @@ def _log_epoch(
     )
 
 
-def _run_key(train: Features, test: Features, num_classes: int, head: HeadConfig, recipe: Recipe) -> str:
+def _run_key(
+    train: Features, test: Features, num_classes: int, head: HeadConfig, recipe: Recipe, trainer: str
+) -> str:
     blob = {
+        "trainer": trainer,
         "train": train.fingerprint,
         "test": test.fingerprint,
         "num_classes": num_classes,
@@ -528,7 +657,7 @@ def _save_checkpoint(
     path: Path,
     key: str,
     epoch: int,
-    grid: _Grid,
+    grid: _Grid | _StackedGrid,
     curves: dict[str, list[EpochStats]],
     best: Selection,
     best_state: dict[str, torch.Tensor],

@@ -366,18 +366,26 @@ class CodecSampler(BudgetSampler):
                                          flat_std=self.flat_std)
         self.cache = MapCache(Path(self.cache_dir)) if self.cache_dir else None
 
+    def maps_key(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None
+                 ) -> tuple[int | None, int | None, np.ndarray | None, VideoReader | None]:
+        """What a view's maps depend on besides the video and `codec`: the clip's span (an annotated
+        span starting past the end is the last frame, as in uniform sampling) and a training view's own
+        frames (`rng`: jitter within each chunk; None for test views). Also the reader, if it opened one."""
+        start, end = clip.start_frame, clip.end_frame
+        if start:
+            reader = reader or open_video(clip.path, self.backend)
+            if start >= reader.num_frames:
+                start, end = clip_span(clip, reader.num_frames)
+        jitter = rng.random(self.num_frames) if rng is not None else None
+        return start, end, jitter, reader
+
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
         def resized(frame) -> torch.Tensor:
             rgb = frame.to_ndarray(format="rgb24")[None]
             return resize_shorter_side(rgb, self.size, self.interpolation)[0]
 
-        start, end = clip.start_frame, clip.end_frame
-        if start:  # an annotated span: one starting past the end is the last frame, as in uniform sampling
-            reader = reader or open_video(clip.path, self.backend)
-            if start >= reader.num_frames:
-                start, end = clip_span(clip, reader.num_frames)
-        jitter = rng.random(self.num_frames) if rng is not None else None  # a training view's own frames
+        start, end, jitter, reader = self.maps_key(clip, reader, rng)
         maps, pixels = cached_analyse(clip.path, self.codec, start, end, self.cache, keep=resized,
                                       jitter=jitter)
         self.check_length(clip, len(maps.slots))

@@ -17,11 +17,14 @@ from test_run import small
 
 from probe import figures, report
 from probe.results import (
+    PAPER_AVERAGE,
+    PAPER_TASKS,
     Table,
     _setting_order,
     _tex,
     apply_filters,
     paper_tables,
+    pivot,
     repeated_runs,
     runs_frame,
     to_latex,
@@ -247,3 +250,21 @@ def test_latex_escapes_what_it_prints_literally():
         "a\\textasciitilde{}b\\textasciicircum{}c\\textbackslash{}d\\_e\\&50\\%\\{x\\}")
     latex = to_latex(_table(values=[[50.0, 40.0]], low=[[46.0, 36.0]], high=[[54.0, 44.0]]))
     assert "\\caption{top-1 (\\%). Brackets: 95\\% bootstrap" in latex
+
+
+def test_paper_average_over_the_original_suites_eight_tasks() -> None:
+    """"Avg (8 sets)" averages exactly the original suite's eight tasks (not the extra ones), and only
+    appears when all eight are present."""
+    rows = []
+    for b, backbone in enumerate(("clip_large14", "onevision_large")):
+        for t, task in enumerate((*PAPER_TASKS, "ucf101")):
+            top1 = 10.0 * t + b
+            rows.append({"backbone": backbone, "task": task, "top1": top1, "top1_low": top1 - 1,
+                         "top1_high": top1 + 1})
+    frame = pd.DataFrame(rows)
+    table = pivot(frame, "backbone", "task", average=True)
+    assert table.values.loc["onevision_large", PAPER_AVERAGE] == pytest.approx(10.0 * 3.5 + 1)
+    assert table.values.loc["onevision_large", "average"] == pytest.approx(10.0 * 4 + 1)  # ucf101 too
+    assert PAPER_AVERAGE in to_markdown(table) and np.isnan(table.low.loc["clip_large14", PAPER_AVERAGE])
+    seven = pivot(frame[frame["task"] != "charades_ego"], "backbone", "task", average=True)
+    assert PAPER_AVERAGE not in seven.values.columns

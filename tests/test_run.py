@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import probe.features
 import probe.train
 from backbones.onevision.backbone import OneVisionBackbone
 from probe.record import RunExistsError, run_id
-from probe.run import ConfigError, compose_config, run
+from probe.run import ConfigError, compose_config, resolve_dtype, run
 from tasks import AnnotationError, VideoDecodeError
 
 
@@ -354,3 +355,14 @@ def test_vector_less_codecs_are_warned_once_per_run_and_counted(tmp_path, genera
         "8 clips (train 0, eval 8) are in codecs that export no motion vectors (VP9, ...): their patches "
         "were scored by residual energy alone (counted in the record)"
     ]
+
+
+def test_backbone_dtype_auto_is_bf16_on_cuda_and_float32_here(tmp_path):
+    config = small(tmp_path)
+    assert config["backbone"]["args"]["dtype"] == "auto"  # every backbone config's default
+    for device, dtype in (("cuda", "bfloat16"), ("cpu", "float32")):
+        assert resolve_dtype(config["backbone"]["args"], torch.device(device))["dtype"] == dtype
+    assert resolve_dtype({"dtype": "float16"}, torch.device("cuda")) == {"dtype": "float16"}
+    record = run(config)  # the record and the run's identity carry the dtype that ran
+    assert record["config"]["backbone"]["args"]["dtype"] == "auto"
+    assert record["identity"]["dtype"] == record["backbone"]["feature_identity"]["dtype"] == "float32"

@@ -92,11 +92,14 @@ def test_shuffled_labels_and_missing_temporal_signal_stay_near_chance(test_split
     assert train_probe_grid(train, test_split, FRAMES, blind, one, progress=False).test.top1 < 40.0
 
 
-def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, test_split: ArrayFeatures) -> None:
+@pytest.mark.parametrize("head", [TIMED, HeadConfig(temporal_pos="sinusoidal")], ids=["loop", "stacked"])
+def test_resume_after_kill_matches_uninterrupted(
+    tmp_path: Path, test_split: ArrayFeatures, head: HeadConfig
+) -> None:
     train = temporal_order_features(200, views=2, seed=3)
     recipe = replace(FAST, lrs=(1e-2,), wds=(0.0, 0.05), epochs=3)
     whole = train_probe_grid(
-        train, test_split, FRAMES, TIMED, recipe, checkpoint=tmp_path / "a.pt", progress=False
+        train, test_split, FRAMES, head, recipe, checkpoint=tmp_path / "a.pt", progress=False
     )
 
     class Killed(Exception):
@@ -109,12 +112,12 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, test_split: Arr
     ckpt = tmp_path / "b.pt"
     with pytest.raises(Killed):
         train_probe_grid(
-            train, test_split, FRAMES, TIMED, recipe, checkpoint=ckpt, on_epoch_end=kill_after_first
+            train, test_split, FRAMES, head, recipe, checkpoint=ckpt, on_epoch_end=kill_after_first
         )
     assert ckpt.is_file() and not ckpt.with_name("b.pt.tmp").exists()
     seen: list[int] = []
     resumed = train_probe_grid(
-        train, test_split, FRAMES, TIMED, recipe, checkpoint=ckpt, on_epoch_end=lambda e, s: seen.append(e)
+        train, test_split, FRAMES, head, recipe, checkpoint=ckpt, on_epoch_end=lambda e, s: seen.append(e)
     )
     assert seen == [2, 3]  # epoch 1 was not trained again
     strip = ("train_seconds",)
@@ -125,7 +128,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, test_split: Arr
 
     with pytest.raises(RuntimeError, match="delete it to start over"):
         train_probe_grid(
-            train, test_split, FRAMES, TIMED, replace(recipe, seed=1), checkpoint=ckpt, progress=False
+            train, test_split, FRAMES, head, replace(recipe, seed=1), checkpoint=ckpt, progress=False
         )
 
 
