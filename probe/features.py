@@ -147,10 +147,16 @@ class FeatureBatch:
     labels: torch.Tensor  # [B] int64
 
     def to(self, device: torch.device | str) -> FeatureBatch:
-        move = [
-            t.to(device, non_blocking=True) for t in (self.tokens, self.positions, self.mask, self.labels)
-        ]
-        return FeatureBatch(*move)
+        return FeatureBatch(*(to_device(t, torch.device(device)) for t in
+                              (self.tokens, self.positions, self.mask, self.labels)))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto `device`; to a GPU through pinned memory and an asynchronous copy (the host
+    goes on preparing the next batch meanwhile)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 @dataclass
@@ -644,8 +650,8 @@ class _ShardWriter:
         for items in groups.values():
             for i in range(0, len(items), self.batch_size):
                 chunk = items[i : i + self.batch_size]
-                frames = torch.stack([sc.frames for _, _, sc in chunk]).to(self.device)
-                positions = torch.stack([sc.positions for _, _, sc in chunk]).to(self.device)
+                frames = to_device(torch.stack([sc.frames for _, _, sc in chunk]), self.device)
+                positions = to_device(torch.stack([sc.positions for _, _, sc in chunk]), self.device)
                 t0 = time.perf_counter()
                 out = self.backbone.encode(frames, positions)
                 if out.device.type == "cuda":

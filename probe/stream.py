@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from backbones import Backbone
-from probe.features import CODECS, ExtractStats, FeatureBatch, _make_batch, clips_digest
+from probe.features import CODECS, ExtractStats, FeatureBatch, _make_batch, clips_digest, to_device
 from tasks import Clip, SampledClip, SkippedClip
 
 
@@ -104,8 +104,8 @@ class StreamingFeatures:
         for i, sc in enumerate(chunk):
             groups.setdefault((tuple(sc.frames.shape), tuple(sc.positions.shape)), []).append(i)
         for members in groups.values():
-            frames = torch.stack([chunk[i].frames for i in members]).to(self.device)
-            positions = torch.stack([chunk[i].positions for i in members]).to(self.device)
+            frames = to_device(torch.stack([chunk[i].frames for i in members]), self.device)
+            positions = to_device(torch.stack([chunk[i].positions for i in members]), self.device)
             t0 = time.perf_counter()
             tokens = self.backbone.encode(frames, positions)
             self.extraction.encode_s += time.perf_counter() - t0

@@ -287,3 +287,25 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path: Path) -> N
     assert_close(record["metrics"], reference["metrics"])
     assert _stores(two / "cache") == _stores(tmp_path / "one" / "cache")  # same shards, same sha256
     assert sorted(p.name for p in (two / "results").iterdir()) == ["logs", record["run_id"]]
+
+
+def test_two_processes_stream_like_one(tmp_path: Path) -> None:
+    """extract.mode=stream under torchrun: each process encodes its slice of every batch; the record
+    matches one process's."""
+    same = [
+        f"task.args.cache_dir={tmp_path / 'task'}",
+        "probe.recipe.lrs=[1e-3,3e-3]",
+        "probe.recipe.wds=[0.0]",
+        "extract.mode=stream",
+    ]
+    alone = run(small(tmp_path / "one", *same))
+    two = tmp_path / "two"
+    finished = _torchrun(tmp_path, small_overrides(two, *same))
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    (record_file,) = two.glob("results/*/record.json")
+    record = json.loads(record_file.read_text())
+    reference = json.loads((tmp_path / "one" / "results" / alone["run_id"] / "record.json").read_text())
+    assert record["processes"] == {"world_size": 2, "backend": "gloo"}
+    assert record["protocol"]["extract_mode"] == "stream"
+    del record["metrics"]["train_seconds"], reference["metrics"]["train_seconds"]
+    assert_close(record["metrics"], reference["metrics"])

@@ -366,3 +366,32 @@ def test_backbone_dtype_auto_is_bf16_on_cuda_and_float32_here(tmp_path):
     record = run(config)  # the record and the run's identity carry the dtype that ran
     assert record["config"]["backbone"]["args"]["dtype"] == "auto"
     assert record["identity"]["dtype"] == record["backbone"]["feature_identity"]["dtype"] == "float32"
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_streaming_resumes_at_the_epoch_after_a_kill(tmp_path, monkeypatch, encode_calls):
+    """extract.mode=stream keeps an epoch checkpoint like the stored path: a killed run resumes after its
+    last finished epoch (its epochs' views are seeded by epoch) and ends where an unkilled run ends."""
+    stream = ["extract.mode=stream", "probe.recipe.epochs=3", f"task.args.cache_dir={tmp_path / 'task'}"]
+    whole = run(small(tmp_path / "whole", *stream))
+    whole_encodes = sum(encode_calls)
+
+    original = probe.train._train_epoch
+
+    def killed_in_epoch_two(grid, train, train_idx, recipe, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise _Killed
+        return original(grid, train, train_idx, recipe, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(probe.train, "_train_epoch", killed_in_epoch_two)
+    with pytest.raises(_Killed):
+        run(small(tmp_path / "killed", *stream))
+    monkeypatch.setattr(probe.train, "_train_epoch", original)
+    encode_calls.clear()
+    resumed = run(small(tmp_path / "killed", *stream))
+    assert resumed["metrics"]["test"] == whole["metrics"]["test"]
+    assert resumed["metrics"]["curves"] == whole["metrics"]["curves"]
+    assert 0 < sum(encode_calls) < whole_encodes  # epoch 1 and the eval store were not encoded again
