@@ -226,17 +226,14 @@ class _Grid:
     def __init__(
         self,
         specs: list[ProbeSpec],
-        embed_dim: int,
-        num_classes: int,
-        head: HeadConfig,
+        heads: list[torch.nn.Module],
         recipe: Recipe,
         total_steps: int,
         device: torch.device,
     ) -> None:
         self.recipe, self.device = recipe, device
         self.heads, self.optimizers, self.schedulers = [], [], []
-        models = _build_heads(specs, embed_dim, num_classes, head, recipe, device)
-        for model, spec in zip(models, specs, strict=True):
+        for model, spec in zip(heads, specs, strict=True):
             groups = [
                 {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": spec.wd},
                 {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
@@ -299,15 +296,13 @@ class _StackedGrid:
     def __init__(
         self,
         specs: list[ProbeSpec],
-        embed_dim: int,
-        num_classes: int,
-        head: HeadConfig,
+        heads: list[torch.nn.Module],
         recipe: Recipe,
         total_steps: int,
         device: torch.device,
     ) -> None:
         self.recipe, self.device = recipe, device
-        self.module = StackedProbes(_build_heads(specs, embed_dim, num_classes, head, recipe, device))
+        self.module = StackedProbes(heads)
         self.optimizer = StackedAdamW(
             self.module.stacked,
             self.module.decayed(),
@@ -386,7 +381,8 @@ def make_grid(
     if recipe.grid == "stacked" and why is not None:
         raise ValueError(f"probe.recipe.grid=stacked cannot train this head ({why}); use grid=loop or auto")
     kind = _StackedGrid if recipe.grid != "loop" and why is None else _Grid
-    return kind(specs, embed_dim, num_classes, head, recipe, total_steps, device)
+    return kind(specs, _build_heads(specs, embed_dim, num_classes, head, recipe, device), recipe, total_steps,
+                device)
 
 
 def _linear_decay(lr: float, final_lr: float, total_steps: int) -> Callable[[int], float]:
