@@ -86,7 +86,7 @@ def _at_least(low: float, strict: bool = False) -> dict[str, Any]:
 @dataclass
 class Extract:
     mode: ExtractMode = ExtractMode.store
-    train_views: int = field(default=1, metadata=_at_least(1))
+    train_views: int = field(default=2, metadata=_at_least(1))
     batch_size: int = field(default=8, metadata=_at_least(1))
     shard_size: int = field(default=64, metadata=_at_least(1))
     dtype: StoreDtype = StoreDtype.float16
