@@ -226,7 +226,10 @@ class StackedAdamW:
         grad_clip: float,
         eps: float = 1e-8,
     ) -> None:
-        self.params, self.decayed = list(params), list(decayed)
+        self.params = list(params)
+        # Indices of the parameters with and without weight decay: one kernel call per probe and group.
+        self.groups = [(d, [k for k, dk in enumerate(decayed) if dk == d]) for d in (True, False)]
+        self.groups = [(d, idx) for d, idx in self.groups if idx]
         self.base_lrs, self.wds = list(lrs), list(wds)
         self.betas, self.eps, self.grad_clip = betas, eps, grad_clip
         self.final_lr, self.total_steps = final_lr, total_steps
@@ -256,10 +259,7 @@ class StackedAdamW:
         lrs = self.current_lrs()
         self.steps += 1
         for i in range(num):
-            for decay in (True, False):
-                idx = [k for k, d in enumerate(self.decayed) if d == decay]
-                if not idx:
-                    continue
+            for decay, idx in self.groups:
                 adamw(
                     [self.params[k][i] for k in idx],
                     [grads[k][i] for k in idx],
