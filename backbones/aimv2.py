@@ -48,7 +48,7 @@ class Aimv2Backbone(FrameBackbone):
                 f"embeddings were learned at; use input_size={config.image_size} or a native AIMv2"
             )
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels).last_hidden_state
 
 

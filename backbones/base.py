@@ -145,6 +145,11 @@ class Backbone(nn.Module):
     sparse_mode: str = "native"
     # Which tokens the backbone returns (layer and kind); a family offering a choice overrides it.
     tokens: str = "last_hidden_state"
+    # Class/register tokens returned per encoded frame ahead of the patch tokens (0: one token per patch
+    # position, the suite's equal-patch setting); see `token_positions`.
+    prefix_kept: int = 0
+    # Whether the original OneVision-Encoder suite's settings (input size, tokens) were asked for.
+    reference: bool = False
     # Architecture settings given at build time on top of the registered ones (set by the factory).
     config_overrides: Mapping[str, Any] = MappingProxyType({})
 
@@ -155,6 +160,21 @@ class Backbone(nn.Module):
     def fingerprint(self) -> str:
         """Identifies the weights, so stored features are reused only for the same model."""
         raise NotImplementedError
+
+    def token_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """The positions `[B, M, 3]` of the tokens `encode` returns for patch positions `[B, N, 3]`: the
+        same, unless the backbone keeps its class/register tokens (`prefix_kept`): those of each encoded
+        frame come first, frame by frame in time order, the j-th of frame t at (t, -1, j)."""
+        if not self.prefix_kept:
+            return positions
+        rows = []
+        for view in positions:
+            t = torch.unique(view[:, 0])
+            prefix = torch.stack(torch.broadcast_tensors(
+                t[:, None], torch.full_like(t[:, None], -1), torch.arange(self.prefix_kept, device=t.device)
+            ), dim=-1)
+            rows.append(torch.cat([prefix.reshape(-1, 3).to(view.dtype), view]))
+        return torch.stack(rows)
 
     def vit_shape(self) -> ViTShape | None:
         """The architecture's FLOP-relevant sizes; None where not declared (FLOPs then unknown)."""

@@ -8,14 +8,18 @@ the tower's `last_hidden_state`, the output of the last encoder layer *before* `
 applies to the pooled class token only), class token included. We probe the same hidden states, before
 `post_layernorm`, and drop the class token so that each token is the patch at its position (the samplers'
 budgets count patches, and a sparse patch set has no class token to keep). This is the one declared
-departure: the original's probe also attends to the class token (197 tokens for B/16 at 224, we give 196).
+departure: the original's probe also attends to the class token (197 tokens for B/16 at 224, we give 196);
+`reference=true` (or `keep_prefix=true`) keeps it, for whole frames.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel, MetaClip2VisionConfig, MetaClip2VisionModel
 
+from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -40,6 +44,7 @@ class ClipBackbone(FrameBackbone):
     mean = OPENAI_CLIP_MEAN  # MetaCLIP and MetaCLIP 2 ship OpenAI's normalisation too
     std = OPENAI_CLIP_STD
     weight_prefixes = ("vision_model.", "")  # a whole CLIP model (text tower not loaded), or the tower alone
+    reference_keeps_prefix = True  # `model_factory/vit_clip.py`, `vit_metaclip.py`: last_hidden_state whole
     sizes = {"tiny": TINY, "base16": BASE16, "large14": LARGE14}
     # Native grids (learned position embeddings of the release's image size): L/14 at 224 is OneVision's
     # 16 x 16; B/16 at 224 is 14 x 14 (`input_size=256` gives 16 x 16 by interpolating its positions).
@@ -52,9 +57,12 @@ class ClipBackbone(FrameBackbone):
         "metaclip_large14": Entry("large14", "facebook/metaclip-l14-fullcc2.5b", 224),
     }
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def vit_shape(self) -> ViTShape:
+        return replace(super().vit_shape(), prefix=1)  # the class token
+
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixels, interpolate_pos_encoding=self.off_native_grid(pixels))
-        return out.last_hidden_state[:, 1:]
+        return out.last_hidden_state
 
 
 class MetaClip2Backbone(ClipBackbone):

@@ -1,13 +1,17 @@
 """DINOv2 through transformers, frame by frame: with registers (`Dinov2WithRegistersModel`) and, as the
 original OneVision-Encoder suite evaluates it (`model_factory/vit_dinov2.py`: `Dinov2Model`, class token
 dropped), without. Tokens are the patch tokens of `last_hidden_state` (after the final layer norm); the
-class and register tokens before them are dropped."""
+class and register tokens before them are dropped, as the original does (`reference=true` changes nothing;
+`keep_prefix=true` keeps them, for whole frames)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
+from backbones.base import ViTShape
 from backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD
 from backbones.frames import Entry, FrameBackbone
 
@@ -40,9 +44,11 @@ class Dinov2RegBackbone(FrameBackbone):
         "dinov2reg_giant": Entry("giant", "facebook/dinov2-with-registers-giant", 224),
     }
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(pixel_values=pixels).last_hidden_state
-        return hidden[:, 1 + getattr(self.model.config, "num_register_tokens", 0) :]
+    def vit_shape(self) -> ViTShape:
+        return replace(super().vit_shape(), prefix=1 + getattr(self.model.config, "num_register_tokens", 0))
+
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).last_hidden_state
 
 
 class Dinov2Backbone(Dinov2RegBackbone):

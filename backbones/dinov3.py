@@ -1,5 +1,8 @@
 """DINOv3 through transformers' `DINOv3ViTModel` (patch 16, RoPE), frame by frame; the class and
-register tokens it puts before the patch tokens are dropped, the patch tokens kept."""
+register tokens it puts before the patch tokens are dropped, the patch tokens kept, at 256 px (OneVision's
+16 x 16 grid). The original suite (`model_factory/vit_dinov3.py`, `eval_dinov3_large.sh`) probes the whole
+`last_hidden_state` at 224 px, class and 4 register tokens included (201 tokens a frame):
+`reference=true` gives that."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ class Dinov3Backbone(FrameBackbone):
     config_class = DINOv3ViTConfig
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
+    reference_keeps_prefix = True
     sizes = {
         "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                      num_register_tokens=4),
@@ -42,19 +46,18 @@ class Dinov3Backbone(FrameBackbone):
     # Input sizes give OneVision's 16 x 16 patch grid (8 x 8 for the tiny entries): see backbones/frames.py.
     entries = {
         "dinov3_tiny": Entry("tiny", None, 128),
-        "dinov3_small": Entry("small", "facebook/dinov3-vits16-pretrain-lvd1689m", 256),
-        "dinov3_base": Entry("base", "facebook/dinov3-vitb16-pretrain-lvd1689m", 256),
-        "dinov3_large": Entry("large", "facebook/dinov3-vitl16-pretrain-lvd1689m", 256),
-        "dinov3_7b": Entry("7b", "facebook/dinov3-vit7b16-pretrain-lvd1689m", 256),
+        "dinov3_small": Entry("small", "facebook/dinov3-vits16-pretrain-lvd1689m", 256, 224),
+        "dinov3_base": Entry("base", "facebook/dinov3-vitb16-pretrain-lvd1689m", 256, 224),
+        "dinov3_large": Entry("large", "facebook/dinov3-vitl16-pretrain-lvd1689m", 256, 224),
+        "dinov3_7b": Entry("7b", "facebook/dinov3-vit7b16-pretrain-lvd1689m", 256, 224),
     }
 
     def vit_shape(self) -> ViTShape:
         c = self.model.config
         return replace(super().vit_shape(), prefix=1 + c.num_register_tokens, gated_mlp=c.use_gated_mlp)
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(pixel_values=pixels).last_hidden_state
-        return hidden[:, 1 + self.model.config.num_register_tokens :]
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).last_hidden_state
 
     def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
                           ) -> torch.Tensor:

@@ -48,6 +48,8 @@ class Entry:
     size: str
     repo_id: str | None
     input_size: int
+    # The input size of the original OneVision-Encoder suite's evaluation where it differs (`reference`).
+    reference_size: int | None = None
 
 
 class FrameBackbone(Backbone):
@@ -68,6 +70,8 @@ class FrameBackbone(Backbone):
     entries: ClassVar[dict[str, Entry]]
     # Where the tower's weights sit in a released checkpoint (a full vision-language model holds more).
     weight_prefixes: ClassVar[tuple[str, ...]] = ("",)
+    # Whether the original suite's wrapper probes the class/register tokens with the patch tokens.
+    reference_keeps_prefix: ClassVar[bool] = False
 
     def __init__(self, name: str, model: nn.Module, input_size: int, fingerprint: str,
                  frame_batch: int = 64) -> None:
@@ -83,8 +87,9 @@ class FrameBackbone(Backbone):
         self._fingerprint = fingerprint
         self.sparse_mode = self.sparse_modes[0]  # `build` sets the requested one
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised frames `[F, 3, H, W]` -> patch tokens `[F, (H/p) * (W/p), D]` in raster order."""
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised frames `[F, 3, H, W]` -> the model's output sequence `[F, prefix + (H/p) * (W/p), D]`:
+        its `vit_shape().prefix` class/register tokens, then the patch tokens in raster order."""
         raise NotImplementedError
 
     def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
@@ -103,7 +108,7 @@ class FrameBackbone(Backbone):
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Encode each frame some position points to (once: whole, or its kept patches in "native" mode)
-        and return the tokens at `positions`."""
+        and return the tokens at `positions`, after each view's kept class/register tokens if any."""
         b, t, h, w, _ = frames.shape
         param = next(self.model.parameters())
         positions = positions.to(param.device)
@@ -117,9 +122,16 @@ class FrameBackbone(Backbone):
             chunk = pixels[i : i + self.frame_batch].to(param.device)
             return self.preprocess.normalize(chunk).transpose(0, 1).to(param.dtype)
 
-        if self.sparse_mode == "full_frames_then_gather":
-            tokens = torch.cat([self.patch_tokens(normalised(i)) for i in chunks])
-            return tokens[which, patch]
+        if self.prefix_kept:
+            self._check_whole_frames(which, len(needed), (h // self.patch_size) * (w // self.patch_size))
+        if self.prefix_kept or self.sparse_mode == "full_frames_then_gather":
+            hidden = torch.cat([self.frame_tokens(normalised(i)) for i in chunks])
+            tokens = hidden[which, self.vit_shape().prefix + patch]
+            if not self.prefix_kept:
+                return tokens
+            # `needed` is sorted by (view, frame) and every view has the same number of whole frames.
+            prefix = hidden[:, : self.prefix_kept].reshape(b, -1, hidden.shape[-1])
+            return torch.cat([prefix, tokens], dim=1)
         # Each frame's kept patches in a row of `index`, in the order of `positions`.
         which, patch = which.flatten(), patch.flatten()
         order = torch.argsort(which, stable=True)
@@ -136,6 +148,18 @@ class FrameBackbone(Backbone):
         ])
         return tokens[which, rank].reshape(b, -1, tokens.shape[-1])
 
+    def _check_whole_frames(self, which: torch.Tensor, frames: int, per_frame: int) -> None:
+        """The class/register tokens are kept for whole frames only: under a patch budget, a frame's class
+        token would carry what the frame's other patches hold (or, encoded natively, depend on the set)."""
+        counts = torch.bincount(which.flatten(), minlength=frames)
+        partial = counts[counts != per_frame]
+        if len(partial):
+            raise ValueError(
+                f"{self.name}: keep_prefix (the original suite's class/register tokens, also set by "
+                f"reference=true) needs whole frames, but a view holds {int(partial[0])} of a frame's "
+                f"{per_frame} patches; use sampling=uniform, or keep_prefix=false for patch budgets"
+            )
+
     def fingerprint(self) -> str:
         return self._fingerprint
 
@@ -148,11 +172,12 @@ class FrameBackbone(Backbone):
         """Every frame a position points to is encoded once: all its patches, or in "native" mode the
         kept ones (a sequence per frame)."""
         _, kept = torch.unique(positions[:, 0], return_counts=True)
-        if self.sparse_mode == "full_frames_then_gather":
+        if self.sparse_mode == "full_frames_then_gather" or self.prefix_kept:
             kept = torch.full_like(kept, (self.preprocess.size // self.patch_size) ** 2)
         shape = self.vit_shape()
         return EncodeCost(frames=len(kept), tokens=int(kept.sum()) + len(kept) * shape.prefix,
-                          kept=len(positions), flops=sum(shape.flops(int(k)) for k in kept))
+                          kept=len(positions) + len(kept) * self.prefix_kept,
+                          flops=sum(shape.flops(int(k)) for k in kept))
 
     @classmethod
     def build(
@@ -165,11 +190,18 @@ class FrameBackbone(Backbone):
         input_size: int | None = None,
         frame_batch: int = 64,
         sparse_mode: str | None = None,
+        keep_prefix: bool | None = None,
+        reference: bool = False,
         **config_overrides: Any,
     ) -> FrameBackbone:
         """Weights from `checkpoint` (folder or repo id in the HF cache) or the entry's released repo;
         `random_init` (the default where there is nothing to load) builds the real architecture from its
-        config class with weights seeded by `seed`. `sparse_mode`: one of the family's `sparse_modes`."""
+        config class with weights seeded by `seed`. `sparse_mode`: one of the family's `sparse_modes`.
+
+        `keep_prefix`: return each frame's class/register tokens ahead of its patch tokens (whole frames
+        only). `reference`: the original suite's settings instead of the equal-patch ones, its input size
+        and its token set (`reference_size`, `reference_keeps_prefix`); conflicting arguments are errors.
+        """
         sparse_mode = sparse_mode or cls.sparse_modes[0]
         if sparse_mode not in cls.sparse_modes:
             raise ValueError(
@@ -180,6 +212,14 @@ class FrameBackbone(Backbone):
         if random_init is None:
             random_init = source is None
         size = input_size or entry.input_size
+        if reference:
+            size = entry.reference_size or entry.input_size
+            for arg, given, theirs in (("input_size", input_size, size),
+                                       ("keep_prefix", keep_prefix, cls.reference_keeps_prefix)):
+                if given is not None and given != theirs:
+                    raise ValueError(f"{name}: reference=true is the original suite's {arg}={theirs}; "
+                                     f"drop {arg}={given} or set reference=false")
+            keep_prefix = cls.reference_keeps_prefix
         if random_init:
             config = cls.config_class(**{**cls.sizes[entry.size], **config_overrides})
             with torch.random.fork_rng(devices=[]):
@@ -201,6 +241,10 @@ class FrameBackbone(Backbone):
         backbone = cls(name, model, size, fingerprint, frame_batch)
         backbone.config_overrides = dict(config_overrides)
         backbone.sparse_mode = sparse_mode
+        backbone.reference = reference
+        backbone.prefix_kept = backbone.vit_shape().prefix if keep_prefix else 0
+        if backbone.prefix_kept:
+            backbone.tokens = f"last_hidden_state, {backbone.prefix_kept} class/register tokens a frame kept"
         if not random_init:
             backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
         return backbone

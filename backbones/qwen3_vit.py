@@ -133,7 +133,7 @@ class Qwen3VitBackbone(FrameBackbone):
         out[valid] = hidden
         return out
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         f, _, h, w = pixels.shape
         m = self.model.config.spatial_merge_size
         gh, gw = h // self.patch_size, w // self.patch_size

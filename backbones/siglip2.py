@@ -63,7 +63,7 @@ class Siglip2Backbone(FrameBackbone):
         p = self.patch_size
         return pixels.reshape(f, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(f, -1, p * p * c)
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         f, _, h, w = pixels.shape
         gh, gw = h // self.patch_size, w // self.patch_size
         mask = torch.ones(f, gh * gw, dtype=torch.long, device=pixels.device)
@@ -123,7 +123,7 @@ class Siglip2FixedBackbone(Siglip2Backbone):
         "siglip2_so400m14_384": Entry("so400m14_384", "google/siglip2-so400m-patch14-384", 378),
     }
 
-    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         resized = self.off_native_grid(pixels)
         return self.model(pixel_values=pixels, interpolate_pos_encoding=resized).last_hidden_state
 

@@ -661,16 +661,17 @@ class _ShardWriter:
                 self._add_cost(positions, seconds)
                 self.stats.views += len(chunk)
                 self.stats.tokens += out.shape[0] * out.shape[1]
-                expected = (len(chunk), positions.shape[1], self.backbone.embed_dim)
+                token_positions = self.backbone.token_positions(positions).cpu().numpy().astype(np.int32)
+                expected = (len(chunk), token_positions.shape[1], self.backbone.embed_dim)
                 if tuple(out.shape) != expected:
                     raise RuntimeError(
                         f"{self.backbone.name}.encode returned {tuple(out.shape)}, expected {expected}"
                     )
                 tokens = self.codec.encode(out.detach().cpu())
                 self._check_finite(chunk, out, tokens)
-                for (slot, v, sc), tok in zip(chunk, tokens, strict=True):
+                for (slot, v, _), tok, pos in zip(chunk, tokens, token_positions, strict=True):
                     self.tokens[slot][v] = tok
-                    self.positions[slot][v] = sc.positions.cpu().numpy().astype(np.int32)
+                    self.positions[slot][v] = pos
 
     def _add_cost(self, positions: torch.Tensor, seconds: float) -> None:
         for view_positions in positions.cpu():

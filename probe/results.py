@@ -67,13 +67,15 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     if cost.get("encode_s_per_clip") is not None:
         seconds = cost["encode_s_per_clip"]
     sampling = record["sampling"]
+    # The original suite's settings (`backbone.args.reference`) give other tokens: a row of their own.
+    backbone = record["backbone"]["name"] + (REFERENCE if record["backbone"].get("reference") else "")
     val_fraction = config.get("probe", {}).get("recipe", {}).get("val_fraction")
     return {
         "run_id": record.get("run_id"),
         "config_hash": config_hash(config, record.get("identity")) if config else None,
-        "backbone": record["backbone"]["name"],  # the config key: what --where and the CSV use
+        "backbone": backbone,  # the config key: what --where and the CSV use
         "random_weights": random_weights,
-        "backbone_label": backbone_label(record["backbone"]["name"], random_weights),
+        "backbone_label": backbone_label(backbone, random_weights),
         "task": record["data"]["task"],
         "sampling": sampling["name"],
         "budget": sampling["budget"],
@@ -121,11 +123,18 @@ FAMILY_NAMES = {
 }
 
 
+# Appended to the backbone key of runs at the original suite's settings (`backbone.args.reference=true`).
+REFERENCE = "@reference"
+
+
 def backbone_label(name: str, random_weights: bool = False) -> str:
-    """`onevision_large` -> "OneVision-Encoder large"; " (random weights)" where they are."""
+    """`onevision_large` -> "OneVision-Encoder large"; " (original suite's tokens)" for a `@reference`
+    key, " (random weights)" where they are."""
+    name, reference, _ = name.partition(REFERENCE)
     family, _, size = name.partition("_")
     label = f"{FAMILY_NAMES[family]} {size.replace('_', ' ')}".strip() if family in FAMILY_NAMES else name
-    return label + (" (random weights)" if random_weights else "")
+    return label + (" (original suite's tokens)" if reference else "") + (
+        " (random weights)" if random_weights else "")
 
 
 def _setting(sampling: dict[str, Any]) -> str:

@@ -116,6 +116,13 @@ def patch_budget(sampling: dict[str, Any], backbone: Backbone) -> tuple[int, int
     return int(budget), per_frame
 
 
+def tokens_per_view(sampling: dict[str, Any], backbone: Backbone) -> int:
+    """The tokens a view stores: its patch budget, plus the class/register tokens of each frame the
+    budget fills where the backbone keeps them (whole frames only)."""
+    budget, per_frame = patch_budget(sampling, backbone)
+    return budget + backbone.prefix_kept * -(-budget // per_frame)
+
+
 def build_sampler(sampling: dict[str, Any], backbone: Backbone, cache_dir: str) -> Sampler:
     """The configured sampler at the backbone's size, patch and temporal grid, with the patch budget."""
     budget, per_frame = patch_budget(sampling, backbone)
@@ -245,7 +252,7 @@ def extract(
         num_workers=config["num_workers"],
         verify=extract_cfg["verify"],
         progress=config["progress"],
-        tokens_per_view=patch_budget(config["sampling"], backbone)[0],
+        tokens_per_view=tokens_per_view(config["sampling"], backbone),
     )
 
 
@@ -445,6 +452,10 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             "native_sparse": backbone.native_sparse,
             # How a sparse patch set is encoded (natively, or whole frames then gathered): compute differs.
             "sparse_mode": backbone.sparse_mode,
+            # The tokens probed, and whether they are the original suite's (`reference`) or ovprobe's
+            # equal-patch setting (one token per patch position).
+            "tokens": backbone.tokens,
+            "reference": backbone.reference,
             # Everything that changes the tokens; the feature stores are keyed on it.
             "feature_identity": backbone.feature_identity(),
         },

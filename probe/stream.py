@@ -83,23 +83,24 @@ class StreamingFeatures:
                 self.skipped[item.clip_id] = item.reason
             else:
                 kept.append((i, item))
-        tokens: list[torch.Tensor] = []
+        encoded: list[tuple[torch.Tensor, torch.Tensor]] = []
         for start in range(0, len(kept), self.batch_size):
             chunk = [sc for _, sc in kept[start : start + self.batch_size]]
-            tokens += self._encode(chunk)
-        n = max((t.shape[0] for t in tokens), default=0)
+            encoded += self._encode(chunk)
+        n = max((t.shape[0] for t, _ in encoded), default=0)
         self.num_tokens = max(self.num_tokens, n)
         labels = self.labels[np.asarray(clips)[[i for i, _ in kept]]]
         padded = torch.zeros(len(kept), n, self.embed_dim)
         positions = torch.zeros(len(kept), n, 3, dtype=torch.int64)
-        for j, (t, (_, sc)) in enumerate(zip(tokens, kept, strict=True)):
-            padded[j, : t.shape[0]], positions[j, : t.shape[0]] = t, sc.positions
-        lengths = torch.tensor([t.shape[0] for t in tokens], dtype=torch.int64)
+        for j, (t, p) in enumerate(encoded):
+            padded[j, : t.shape[0]], positions[j, : t.shape[0]] = t, p
+        lengths = torch.tensor([t.shape[0] for t, _ in encoded], dtype=torch.int64)
         return _make_batch(padded, positions, lengths, labels)
 
-    def _encode(self, chunk: list[SampledClip]) -> list[torch.Tensor]:
-        """Encode views of one shape together (codec views of a budget share theirs)."""
-        out: list[torch.Tensor | None] = [None] * len(chunk)
+    def _encode(self, chunk: list[SampledClip]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(tokens, their positions) of each view; views of one shape are encoded together (codec views
+        of a budget share theirs)."""
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(chunk)
         groups: dict[tuple, list[int]] = {}
         for i, sc in enumerate(chunk):
             groups.setdefault((tuple(sc.frames.shape), tuple(sc.positions.shape)), []).append(i)
@@ -115,6 +116,7 @@ class StreamingFeatures:
             # encoders carry their signal in the last bits of a large mean, so a probe trained on full
             # precision and tested on float16 tokens sees two different distributions.
             stored = self.codec.decode(self.codec.encode(tokens.detach().cpu()))
-            for i, t in zip(members, stored, strict=True):
-                out[i] = t
+            token_positions = self.backbone.token_positions(positions).cpu()
+            for i, t, p in zip(members, stored, token_positions, strict=True):
+                out[i] = (t, p)
         return out

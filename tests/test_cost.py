@@ -24,6 +24,7 @@ def counted_flops(backbone, frames: torch.Tensor, positions: torch.Tensor) -> in
 
 
 WHOLE = [(name, "full_frames_then_gather") for name in ("dinov3_tiny", "siglip2_tiny", "qwen3vit_tiny")]
+WHOLE += [(name, None) for name in ("clip_tiny", "dinov2reg_tiny")]  # class (and register) tokens counted
 CASES = [(name, None) for name in TINY] + WHOLE
 
 

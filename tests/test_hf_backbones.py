@@ -256,13 +256,13 @@ def test_sparse_patch_sets_encode_only_the_frames_they_touch(name, monkeypatch):
     dense = backbone.encode(frames, all_positions(backbone, 6).expand(2, -1, -1))
 
     seen: list[int] = []
-    original = type(backbone).patch_tokens
+    original = type(backbone).frame_tokens
 
     def counting(self, pixels):
         seen.append(len(pixels))
         return original(self, pixels)
 
-    monkeypatch.setattr(type(backbone), "patch_tokens", counting)
+    monkeypatch.setattr(type(backbone), "frame_tokens", counting)
     generator = torch.Generator().manual_seed(0)
     keep = torch.stack([torch.randperm(2 * 64, generator=generator)[:40].sort().values for _ in range(2)])
     keep[1] += 3 * 64  # clip 0 keeps patches of frames 0-1, clip 1 of frames 3-4
