@@ -22,6 +22,7 @@ class Aimv2Backbone(FrameBackbone):
     """Frozen AIMv2 vision tower. Sparse patch sets: whole frames encoded, selected tokens kept."""
 
     model_class = Aimv2VisionModel
+    blocks_path, final_norm_path = "encoder.layers", "rms_norm"
     config_class = Aimv2VisionConfig
     mean = OPENAI_CLIP_MEAN  # AIMv2's releases normalise as OpenAI CLIP
     std = OPENAI_CLIP_STD

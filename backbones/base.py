@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -150,6 +150,11 @@ class Backbone(nn.Module):
     prefix_kept: int = 0
     # Whether the original OneVision-Encoder suite's settings (input size, tokens) were asked for.
     reference: bool = False
+    # Blocks whose outputs are probed (`set_layers`; empty: the model's output only), where the blocks sit
+    # in `self.model`, and the norm the model applies to its last block's output (None: none).
+    layers: tuple[int, ...] = ()
+    blocks_path: str | None = None
+    final_norm_path: str | None = None
     # Architecture settings given at build time on top of the registered ones (set by the factory).
     config_overrides: Mapping[str, Any] = MappingProxyType({})
 
@@ -161,12 +166,58 @@ class Backbone(nn.Module):
         """Identifies the weights, so stored features are reused only for the same model."""
         raise NotImplementedError
 
+    def set_layers(self, layers: Sequence[int] | None) -> None:
+        """Probe the outputs of these blocks (0-based, any order, negative from the end) instead of the
+        model's output: each through the model's final norm, as its output is, and the layers' tokens
+        concatenated along the sequence, layer after layer (V-JEPA 2's multi-layer probe: blocks 17, 19,
+        21 and 23 of ViT-L). The same positions repeat for every layer."""
+        if not layers:
+            return
+        if self.blocks_path is None:
+            raise ValueError(f"{self.name}: layers is not offered (its tokens are not the output of one "
+                             "block per token); leave layers unset")
+        count = len(self.model.get_submodule(self.blocks_path))
+        if any(not -count <= i < count for i in layers):
+            raise ValueError(f"{self.name}: layers {list(layers)} out of range: it has {count} blocks "
+                             f"(0..{count - 1}, or -{count}..-1 from the end)")
+        chosen = sorted({i % count for i in layers})
+        if len(chosen) != len(layers):
+            raise ValueError(f"{self.name}: layers {list(layers)} names a block twice")
+        self.layers = tuple(chosen)
+        norm = f"through {self.final_norm_path}" if self.final_norm_path else "no final norm"
+        self.tokens = f"blocks {', '.join(map(str, chosen))} of {count} ({norm}), concatenated as tokens"
+        if self.prefix_kept:
+            self.tokens += f"; {self.prefix_kept} class/register tokens a frame kept"
+
+    def layer_outputs(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`forward()`'s output `[..., S, D]` as `[1, ..., S, D]`, or with `layers` the chosen blocks'
+        outputs `[L, ..., S, D]` captured during that forward, normed as the output is and cut to its
+        last S tokens (a path that drops leading class/register tokens drops them from every layer)."""
+        if not self.layers:
+            return forward()[None]
+        blocks = self.model.get_submodule(self.blocks_path)
+        captured: list[torch.Tensor] = []
+
+        def keep(_module: nn.Module, _args: Any, out: Any) -> None:
+            captured.append(out[0] if isinstance(out, tuple) else out)
+
+        hooks = [blocks[i].register_forward_hook(keep) for i in self.layers]
+        try:
+            out = forward()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        norm = self.model.get_submodule(self.final_norm_path) if self.final_norm_path else nn.Identity()
+        return torch.stack([norm(h)[..., -out.shape[-2]:, :] for h in captured])
+
     def token_positions(self, positions: torch.Tensor) -> torch.Tensor:
         """The positions `[B, M, 3]` of the tokens `encode` returns for patch positions `[B, N, 3]`: the
         same, unless the backbone keeps its class/register tokens (`prefix_kept`): those of each encoded
-        frame come first, frame by frame in time order, the j-th of frame t at (t, -1, j)."""
+        frame come first, frame by frame in time order, the j-th of frame t at (t, -1, j). With `layers`
+        the whole sequence repeats once per layer."""
+        repeat = max(len(self.layers), 1)
         if not self.prefix_kept:
-            return positions
+            return positions.repeat(1, repeat, 1)
         rows = []
         for view in positions:
             t = torch.unique(view[:, 0])
@@ -174,7 +225,7 @@ class Backbone(nn.Module):
                 t[:, None], torch.full_like(t[:, None], -1), torch.arange(self.prefix_kept, device=t.device)
             ), dim=-1)
             rows.append(torch.cat([prefix.reshape(-1, 3).to(view.dtype), view]))
-        return torch.stack(rows)
+        return torch.stack(rows).repeat(1, repeat, 1)
 
     def vit_shape(self) -> ViTShape | None:
         """The architecture's FLOP-relevant sizes; None where not declared (FLOPs then unknown)."""
@@ -186,8 +237,8 @@ class Backbone(nn.Module):
         n = len(positions)
         per_frame = (self.preprocess.size // self.patch_size) ** 2
         shape = self.vit_shape()
-        return EncodeCost(frames=-(-n // per_frame), tokens=n + (shape.prefix if shape else 0), kept=n,
-                          flops=shape.flops(n) if shape else None)
+        return EncodeCost(frames=-(-n // per_frame), tokens=n + (shape.prefix if shape else 0),
+                          kept=n * max(len(self.layers), 1), flops=shape.flops(n) if shape else None)
 
     def feature_identity(self) -> dict[str, Any]:
         """Everything that changes this backbone's tokens: the feature store keys on it, so two

@@ -40,6 +40,7 @@ class ClipBackbone(FrameBackbone):
     module docstring). Sparse patch sets: whole frames encoded, selected tokens kept."""
 
     model_class = CLIPVisionModel
+    blocks_path = "encoder.layers"  # no final norm: `last_hidden_state` precedes `post_layernorm`
     config_class = CLIPVisionConfig
     mean = OPENAI_CLIP_MEAN  # MetaCLIP and MetaCLIP 2 ship OpenAI's normalisation too
     std = OPENAI_CLIP_STD

@@ -32,6 +32,7 @@ class Dinov2RegBackbone(FrameBackbone):
     """Frozen DINOv2 with registers. Sparse patch sets: whole frames encoded, selected tokens kept."""
 
     model_class = Dinov2WithRegistersModel
+    blocks_path, final_norm_path = "encoder.layer", "layernorm"
     config_class = Dinov2WithRegistersConfig
     mean = IMAGENET_MEAN
     std = IMAGENET_STD

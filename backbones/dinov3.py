@@ -26,6 +26,7 @@ class Dinov3Backbone(FrameBackbone):
     sparse_modes = ("native", "full_frames_then_gather")
 
     model_class = DINOv3ViTModel
+    blocks_path, final_norm_path = "model.layer", "norm"
     config_class = DINOv3ViTConfig
     mean = IMAGENET_MEAN
     std = IMAGENET_STD

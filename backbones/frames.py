@@ -41,6 +41,11 @@ from backbones.weights import (
 )
 
 
+def _layer_after_layer(tokens: torch.Tensor) -> torch.Tensor:
+    """`[L, B, N, D]` -> `[B, L * N, D]`: each view's tokens of the first layer, then the next layer's."""
+    return tokens.transpose(0, 1).flatten(1, 2)
+
+
 @dataclass(frozen=True)
 class Entry:
     """A registered model: its architecture size, released weights (None: none) and input size."""
@@ -124,14 +129,16 @@ class FrameBackbone(Backbone):
 
         if self.prefix_kept:
             self._check_whole_frames(which, len(needed), (h // self.patch_size) * (w // self.patch_size))
+        # Every output below is [L, ...]: one per probed block (`layers`), or the model's output alone.
         if self.prefix_kept or self.sparse_mode == "full_frames_then_gather":
-            hidden = torch.cat([self.frame_tokens(normalised(i)) for i in chunks])
-            tokens = hidden[which, self.vit_shape().prefix + patch]
-            if not self.prefix_kept:
-                return tokens
-            # `needed` is sorted by (view, frame) and every view has the same number of whole frames.
-            prefix = hidden[:, : self.prefix_kept].reshape(b, -1, hidden.shape[-1])
-            return torch.cat([prefix, tokens], dim=1)
+            outputs = [self.layer_outputs(partial(self.frame_tokens, normalised(i))) for i in chunks]
+            hidden = torch.cat(outputs, dim=1)
+            tokens = hidden[:, which, self.vit_shape().prefix + patch]
+            if self.prefix_kept:
+                # `needed` is sorted by (view, frame) and every view has the same number of whole frames.
+                prefix = hidden[:, :, : self.prefix_kept].reshape(len(hidden), b, -1, hidden.shape[-1])
+                tokens = torch.cat([prefix, tokens], dim=2)
+            return _layer_after_layer(tokens)
         # Each frame's kept patches in a row of `index`, in the order of `positions`.
         which, patch = which.flatten(), patch.flatten()
         order = torch.argsort(which, stable=True)
@@ -144,9 +151,11 @@ class FrameBackbone(Backbone):
         valid = torch.arange(index.shape[1], device=which.device)[None] < counts[:, None]
         step = self.frame_batch
         tokens = torch.cat([
-            self.kept_patch_tokens(normalised(i), index[i : i + step], valid[i : i + step]) for i in chunks
-        ])
-        return tokens[which, rank].reshape(b, -1, tokens.shape[-1])
+            self.layer_outputs(partial(self.kept_patch_tokens, normalised(i), index[i : i + step],
+                                       valid[i : i + step]))
+            for i in chunks
+        ], dim=1)
+        return _layer_after_layer(tokens[:, which, rank].reshape(len(tokens), b, -1, tokens.shape[-1]))
 
     def _check_whole_frames(self, which: torch.Tensor, frames: int, per_frame: int) -> None:
         """The class/register tokens are kept for whole frames only: under a patch budget, a frame's class
@@ -176,7 +185,7 @@ class FrameBackbone(Backbone):
             kept = torch.full_like(kept, (self.preprocess.size // self.patch_size) ** 2)
         shape = self.vit_shape()
         return EncodeCost(frames=len(kept), tokens=int(kept.sum()) + len(kept) * shape.prefix,
-                          kept=len(positions) + len(kept) * self.prefix_kept,
+                          kept=(len(positions) + len(kept) * self.prefix_kept) * max(len(self.layers), 1),
                           flops=sum(shape.flops(int(k)) for k in kept))
 
     @classmethod
@@ -192,6 +201,7 @@ class FrameBackbone(Backbone):
         sparse_mode: str | None = None,
         keep_prefix: bool | None = None,
         reference: bool = False,
+        layers: list[int] | None = None,
         **config_overrides: Any,
     ) -> FrameBackbone:
         """Weights from `checkpoint` (folder or repo id in the HF cache) or the entry's released repo;
@@ -201,6 +211,7 @@ class FrameBackbone(Backbone):
         `keep_prefix`: return each frame's class/register tokens ahead of its patch tokens (whole frames
         only). `reference`: the original suite's settings instead of the equal-patch ones, its input size
         and its token set (`reference_size`, `reference_keeps_prefix`); conflicting arguments are errors.
+        `layers`: probe these blocks' outputs, concatenated as tokens (`Backbone.set_layers`).
         """
         sparse_mode = sparse_mode or cls.sparse_modes[0]
         if sparse_mode not in cls.sparse_modes:
@@ -245,6 +256,7 @@ class FrameBackbone(Backbone):
         backbone.prefix_kept = backbone.vit_shape().prefix if keep_prefix else 0
         if backbone.prefix_kept:
             backbone.tokens = f"last_hidden_state, {backbone.prefix_kept} class/register tokens a frame kept"
+        backbone.set_layers(layers)
         if not random_init:
             backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
         return backbone

@@ -34,6 +34,7 @@ class Siglip2Backbone(FrameBackbone):
         self._tables: dict[tuple, torch.Tensor] = {}
 
     model_class = Siglip2VisionModel
+    blocks_path, final_norm_path = "encoder.layers", "post_layernorm"
     config_class = Siglip2VisionConfig
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)

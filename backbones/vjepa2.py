@@ -31,6 +31,7 @@ class Vjepa2Backbone(FrameBackbone):
 
     sparse_modes = ("whole_clip_then_gather",)
     model_class = VJEPA2Model
+    blocks_path, final_norm_path = "encoder.layer", "encoder.layernorm"
     config_class = VJEPA2Config
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
@@ -57,11 +58,14 @@ class Vjepa2Backbone(FrameBackbone):
             frames = torch.cat([frames, frames[:, -1:].expand(b, k - t % k, h, w, 3)], dim=1)
         param = next(self.model.parameters())
         video = self.preprocess.normalize(frames.to(param.device)).transpose(1, 2).to(param.dtype)
-        tokens = self.model(pixel_values_videos=video, skip_predictor=True).last_hidden_state
+        tokens = self.layer_outputs(
+            lambda: self.model(pixel_values_videos=video, skip_predictor=True).last_hidden_state
+        )
         gh, gw = h // self.patch_size, w // self.patch_size
         positions = positions.to(tokens.device)
         index = (positions[..., 0] // k) * gh * gw + positions[..., 1] * gw + positions[..., 2]
-        return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+        index = index[None, ..., None].expand(len(tokens), -1, -1, tokens.shape[-1])
+        return torch.gather(tokens, 2, index).transpose(0, 1).flatten(1, 2)  # layer after layer
 
     def vit_shape(self) -> ViTShape:
         c = self.model.config
@@ -74,7 +78,7 @@ class Vjepa2Backbone(FrameBackbone):
         k = int(self.model.config.tubelet_size)
         frames = int(positions[:, 0].max()) + 1 if len(positions) else 0
         tubelets = -(-frames // k) * (self.preprocess.size // self.patch_size) ** 2
-        return EncodeCost(frames=frames, tokens=tubelets, kept=len(positions),
+        return EncodeCost(frames=frames, tokens=tubelets, kept=len(positions) * max(len(self.layers), 1),
                           flops=self.vit_shape().flops(tubelets))
 
 

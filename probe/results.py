@@ -67,8 +67,11 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     if cost.get("encode_s_per_clip") is not None:
         seconds = cost["encode_s_per_clip"]
     sampling = record["sampling"]
-    # The original suite's settings (`backbone.args.reference`) give other tokens: a row of their own.
-    backbone = record["backbone"]["name"] + (REFERENCE if record["backbone"].get("reference") else "")
+    # Other tokens of one model get a row of their own: the original suite's settings
+    # (`backbone.args.reference`) and multi-layer features (`backbone.args.layers`).
+    layers = record["backbone"].get("layers")
+    backbone = (record["backbone"]["name"] + (REFERENCE if record["backbone"].get("reference") else "")
+                + (f"{BLOCKS}{','.join(map(str, layers))}" if layers else ""))
     val_fraction = config.get("probe", {}).get("recipe", {}).get("val_fraction")
     return {
         "run_id": record.get("run_id"),
@@ -123,18 +126,22 @@ FAMILY_NAMES = {
 }
 
 
-# Appended to the backbone key of runs at the original suite's settings (`backbone.args.reference=true`).
+# Appended to the backbone key of runs at the original suite's settings (`backbone.args.reference=true`)
+# and of multi-layer runs (`backbone.args.layers=[17,19]` -> `@blocks17,19`).
 REFERENCE = "@reference"
+BLOCKS = "@blocks"
 
 
 def backbone_label(name: str, random_weights: bool = False) -> str:
     """`onevision_large` -> "OneVision-Encoder large"; " (original suite's tokens)" for a `@reference`
-    key, " (random weights)" where they are."""
+    key, " (blocks 17, 19)" for `@blocks17,19`, " (random weights)" where they are."""
+    name, _, blocks = name.partition(BLOCKS)
     name, reference, _ = name.partition(REFERENCE)
     family, _, size = name.partition("_")
     label = f"{FAMILY_NAMES[family]} {size.replace('_', ' ')}".strip() if family in FAMILY_NAMES else name
-    return label + (" (original suite's tokens)" if reference else "") + (
-        " (random weights)" if random_weights else "")
+    return (label + (" (original suite's tokens)" if reference else "")
+            + (f" (blocks {blocks.replace(',', ', ')})" if blocks else "")
+            + (" (random weights)" if random_weights else ""))
 
 
 def _setting(sampling: dict[str, Any]) -> str:

@@ -118,9 +118,9 @@ def patch_budget(sampling: dict[str, Any], backbone: Backbone) -> tuple[int, int
 
 def tokens_per_view(sampling: dict[str, Any], backbone: Backbone) -> int:
     """The tokens a view stores: its patch budget, plus the class/register tokens of each frame the
-    budget fills where the backbone keeps them (whole frames only)."""
+    budget fills where the backbone keeps them (whole frames only), once per probed block (`layers`)."""
     budget, per_frame = patch_budget(sampling, backbone)
-    return budget + backbone.prefix_kept * -(-budget // per_frame)
+    return (budget + backbone.prefix_kept * -(-budget // per_frame)) * max(len(backbone.layers), 1)
 
 
 def build_sampler(sampling: dict[str, Any], backbone: Backbone, cache_dir: str) -> Sampler:
@@ -456,6 +456,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             # equal-patch setting (one token per patch position).
             "tokens": backbone.tokens,
             "reference": backbone.reference,
+            "layers": list(backbone.layers),  # blocks probed, concatenated as tokens ([]: the output)
             # Everything that changes the tokens; the feature stores are keyed on it.
             "feature_identity": backbone.feature_identity(),
         },

@@ -65,13 +65,17 @@ class OneVisionBackbone(Backbone):
         self.temporal_slots = config.rope_temporal_size or 64
         self.preprocess = PreprocessSpec(CLIP_MEAN, CLIP_STD, input_size)
         self._fingerprint = fingerprint
+        self.blocks_path = "encoder.layers"
+        self.final_norm_path = "layernorm_post" if config.use_head else None  # as `last_hidden_state`
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         dtype = self.model.embeddings.patch_embedding.weight.dtype
         device = self.model.embeddings.patch_embedding.weight.device
         pixels = self.preprocess.normalize(frames.to(device)).to(dtype)
-        return self.model(pixels, patch_positions=positions.to(device)).last_hidden_state
+        positions = positions.to(device)
+        tokens = self.layer_outputs(lambda: self.model(pixels, patch_positions=positions).last_hidden_state)
+        return tokens.transpose(0, 1).flatten(1, 2)  # layer after layer (`layers`), or the output alone
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -90,9 +94,11 @@ def build_onevision(
     dtype: str = "float32",
     seed: int = 0,
     input_size: int | None = None,
+    layers: list[int] | None = None,
     **config_overrides,
 ) -> OneVisionBackbone:
-    """Load a released/local checkpoint, or build the architecture with seeded random weights."""
+    """Load a released/local checkpoint, or build the architecture with seeded random weights; `layers`:
+    probe these blocks' outputs, concatenated as tokens (`Backbone.set_layers`)."""
     entry = PRETRAINED[name]
     source = checkpoint or entry["repo_id"]
     if random_init is None:
@@ -118,6 +124,7 @@ def build_onevision(
         )
     backbone = OneVisionBackbone(name, model, size, fingerprint)
     backbone.config_overrides = dict(config_overrides)
+    backbone.set_layers(layers)
     if not random_init:
         folder = Path(model.checkpoint_files[0]).parent
         backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
