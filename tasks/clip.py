@@ -13,7 +13,9 @@ class Clip:
     """One annotated video (or span of a video) of a task.
 
     `start_frame`/`end_frame` bound the span in decoded frame indices (end exclusive);
-    `None` means the whole decoded stream.
+    `None` means the whole decoded stream. Annotations that give seconds only set `start_time`/`end_time`
+    instead (end exclusive; `end_time=None`: to the end); samplers turn them into frames by the video's
+    own frame timestamps (`tasks.sampling.frame_span`), so a variable frame rate is placed correctly.
     """
 
     clip_id: str
@@ -21,6 +23,8 @@ class Clip:
     label: int
     start_frame: int | None = None
     end_frame: int | None = None
+    start_time: float | None = None
+    end_time: float | None = None
 
 
 @dataclass

@@ -12,7 +12,7 @@ import fnmatch
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -110,12 +110,25 @@ def chunk_indices(start: int, stop: int, num_frames: int, offsets: np.ndarray) -
     return np.clip(idx, start, stop - 1)
 
 
+def frame_span(clip: Clip, reader: VideoReader) -> Clip:
+    """`clip` with its span in seconds (`start_time`/`end_time`) turned into decoded frames by the video's
+    own frame timestamps (`VideoReader.frames_between`); every sampler places a time span through here.
+    A clip spanned in frames (or not at all) is returned as it is."""
+    if clip.start_time is None and clip.end_time is None:
+        return clip
+    start, stop = reader.frames_between(clip.start_time or 0.0, clip.end_time)
+    return replace(clip, start_frame=start, end_frame=stop, start_time=None, end_time=None)
+
+
 def clip_span(clip: Clip, num_frames: int) -> tuple[int, int]:
     """The clip's `[start, stop)` in decoded frames, clamped to the stream (at least one frame).
 
     A span running past the end is cut there; one starting past it (annotation and video disagree)
     becomes the last frame, with a warning, as the original protocol's clamped frame indices do.
+    A span in seconds must be placed first (`frame_span`).
     """
+    if clip.start_time is not None or clip.end_time is not None:
+        raise ValueError(f"clip {clip.clip_id} is spanned in seconds; place it with frame_span(clip, reader)")
     if (clip.start_frame or 0) >= num_frames:
         log.warning("%s: clip %s starts at frame %d but the video has %d frames; sampling its last frame",
                     clip.path, clip.clip_id, clip.start_frame, num_frames)
@@ -190,7 +203,7 @@ class UniformSampler(SamplerConfig):
         if train and rng is None:
             raise ValueError("training samples need an rng (np.random.Generator) for the chunk offsets")
         reader = reader or open_video(clip.path, self.backend)
-        start, stop = clip_span(clip, reader.num_frames)
+        start, stop = clip_span(frame_span(clip, reader), reader.num_frames)
         if train:
             offsets = [rng.random(self.num_frames)]
             crops = [0.5]
@@ -284,7 +297,7 @@ class BudgetSampler(SamplerConfig):
     def frame_plan(self, clip: Clip, reader: VideoReader, rng: np.random.Generator | None) -> FramePlan:
         """The codec sampler's dense run (`tasks.codec.plan_slots` over the clip's span) for a reader; a
         training view (`rng`) draws its own frame in each chunk, as the codec sampler's do."""
-        start, stop = clip_span(clip, reader.num_frames)
+        start, stop = clip_span(frame_span(clip, reader), reader.num_frames)
         jitter = rng.random(self.num_frames) if rng is not None else None
         offsets, slots = plan_slots(stop - start, self.num_frames, jitter)
         self.check_length(clip, len(slots))
@@ -370,7 +383,11 @@ class CodecSampler(BudgetSampler):
                  ) -> tuple[int | None, int | None, np.ndarray | None, VideoReader | None]:
         """What a view's maps depend on besides the video and `codec`: the clip's span (an annotated
         span starting past the end is the last frame, as in uniform sampling) and a training view's own
-        frames (`rng`: jitter within each chunk; None for test views). Also the reader, if it opened one."""
+        frames (`rng`: jitter within each chunk; None for test views). Also the reader, if it opened one.
+        A span in seconds is placed in frames first (`frame_span`)."""
+        if clip.start_time is not None or clip.end_time is not None:
+            reader = reader or open_video(clip.path, self.backend)
+            clip = frame_span(clip, reader)
         start, end = clip.start_frame, clip.end_frame
         if start:
             reader = reader or open_video(clip.path, self.backend)

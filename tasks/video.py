@@ -73,6 +73,7 @@ class VideoReader(ABC):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._num_frames = 0
+        self._times: np.ndarray | None = None
         if self.path.is_dir():
             raise VideoDecodeError(self.path, "a folder, not a video file")
         if not self.path.is_file():
@@ -84,6 +85,13 @@ class VideoReader(ABC):
     def num_frames(self) -> int:
         """Decoded frame count (learned from the stream, corrected if decoding ends early)."""
         return self._num_frames
+
+    def frames_between(self, start: float, end: float | None) -> tuple[int, int]:
+        """The decoded frames `[first, stop)` shown during `[start, end)` seconds of the video (`end=None`:
+        to the end), by the stream's own frame timestamps (`presentation_times`, read once per reader)."""
+        if self._times is None:
+            self._times = presentation_times(self.path)
+        return span_frames(self._times, start, end)
 
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed); indices past the end are clamped to it."""
@@ -278,6 +286,44 @@ class DecordReader(VideoReader):
             except StopIteration:
                 return
             yield i, lambda f=frame: f
+
+
+def presentation_times(path: str | Path) -> np.ndarray:
+    """Each decoded frame's presentation time in seconds from the first frame's, in presentation order, from
+    one demux pass (no decoding). Right for variable frame rates; a stream whose packets carry no usable
+    timestamps (raw streams) is timed by its declared frame rate."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            pts = [p.pts for p in container.demux(stream) if p.size]
+            time_base, rate = stream.time_base, stream.average_rate or stream.guessed_rate
+    except (av.FFmpegError, OSError, IndexError) as e:
+        raise VideoDecodeError(path, f"cannot read its frame timestamps ({type(e).__name__}: {e})") from e
+    if not pts:
+        raise VideoDecodeError(path, "the video stream holds no frames")
+    if None not in pts and len(set(pts)) == len(pts) and time_base:
+        times = np.sort(np.asarray(pts, dtype=np.float64)) * float(time_base)
+        return times - times[0]
+    if not rate:
+        raise VideoDecodeError(path, "its frames carry no timestamps and the stream declares no frame rate, "
+                               "so a span given in seconds cannot be placed; re-encode it (e.g. to MP4)")
+    return np.arange(len(pts)) / float(rate)
+
+
+TIME_TOLERANCE = 1e-6  # seconds: annotations round times, frame timestamps are rationals
+
+
+def span_frames(times: np.ndarray, start: float, end: float | None) -> tuple[int, int]:
+    """The frames `[first, stop)` shown during `[start, end)` seconds, given each frame's presentation time
+    (`times`, ascending): `first` is the frame on screen at `start`, `stop` the first frame shown at or after
+    `end` (`None`: the end), so every frame overlapping the span is kept, at least one. A start past the
+    last frame's time plus one frame gives `first = len(times)` (the samplers clamp and warn)."""
+    n = len(times)
+    first = max(int(np.searchsorted(times, start + TIME_TOLERANCE, side="right")) - 1, 0)
+    if n > 1 and start >= 2 * times[-1] - times[-2] - TIME_TOLERANCE:  # after the last frame's display
+        first = n
+    stop = n if end is None else int(np.searchsorted(times, end - TIME_TOLERANCE, side="left"))
+    return first, max(stop, first + 1)
 
 
 UNINDEXED_FORMATS = {"mpegts", "h264", "hevc", "mpegvideo", "m4v"}  # decord misnumbers their frames
