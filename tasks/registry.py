@@ -202,11 +202,13 @@ def create_task(name: str, **config: Any) -> Task:
 
 def _import_tasks() -> None:
     """Import the task modules so their `@register_task` lines run."""
+    import tasks.charades_ego  # noqa: F401
     import tasks.diving48  # noqa: F401
     import tasks.epic_kitchens  # noqa: F401
     import tasks.hmdb51  # noqa: F401
     import tasks.kinetics  # noqa: F401
     import tasks.listfile  # noqa: F401
+    import tasks.perception_test  # noqa: F401
     import tasks.ssv2  # noqa: F401
     import tasks.synthetic  # noqa: F401
     import tasks.ucf101  # noqa: F401

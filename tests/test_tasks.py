@@ -349,7 +349,7 @@ def test_generic_lists_in_csv_and_space_formats(tmp_path: Path, videos: dict[str
 def test_task_registry() -> None:
     assert list_tasks("kinetics*") == ["kinetics400", "kinetics600", "kinetics700"]
     assert {"diving48", "ssv2", "synthetic", "list"} <= set(list_tasks())
-    with pytest.raises(UnknownTaskError, match="unknown task 'ucf51'; registered: diving48"):
+    with pytest.raises(UnknownTaskError, match=r"unknown task 'ucf51'; registered: (\w+, )*diving48, "):
         create_task("ucf51")
 
 

@@ -303,7 +303,8 @@ def test_epic_verb_runs_end_to_end_on_segments(tmp_path: Path) -> None:
 # ---- registry and configs -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, epochs",
-                         [("hmdb51", 30), ("ucf101", 10), ("epic_verb", 10), ("epic_noun", 10)])
+                         [("hmdb51", 30), ("ucf101", 10), ("epic_verb", 10), ("epic_noun", 10),
+                          ("perception_test", 10), ("charades_ego", 10)])
 def test_new_tasks_are_registered_with_a_config(tmp_path: Path, name: str, epochs: int) -> None:
     assert name in list_tasks()
     config = small(tmp_path, f"task={name}", f"task.args.root={tmp_path}")
