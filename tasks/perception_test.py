@@ -101,12 +101,12 @@ class PerceptionTest(Task):
                 problem = "action_localisation must be a list of segments"
             if problem is None:
                 fps, frames = video["metadata"]["frame_rate"], video["metadata"]["num_frames"]
-                if not (_number(fps) and fps > 0 and isinstance(frames, int) and frames > 0):
+                if not (_number(fps) and fps > 0 and _number(frames) and frames >= 1):
                     problem = f"metadata needs frame_rate > 0 and num_frames > 0, got {fps!r}, {frames!r}"
             if problem:
                 self._reject(split, where, problem)
                 continue
-            times = np.arange(frames) / float(fps)
+            times = np.arange(int(frames)) / float(fps)
             for i, segment in enumerate(video["action_localisation"]):
                 at = f"{where} action_localisation[{i}]"
                 problem = require(segment, SEGMENT_KEYS)

@@ -129,6 +129,8 @@ def test_perception_test_reads_action_segments_as_clips(tmp_path: Path) -> None:
             _segment(5, "1", 0, 40_000)]),  # label_id not an integer
         "video_11": {"object_tracking": []},  # no metadata, no segments
         "video_12": _pt_video("video_12", "train", []),  # annotated, but no action segments: no clip
+        "video_13": {**_pt_video("video_13", "train", [_segment(0, 1, 0, 400_000)]),
+                     "metadata": {"video_id": "video_13", "frame_rate": 0, "num_frames": 48}},
         "video_9999": _pt_video("video_9999", "train", [_segment(0, 1, 0, 1_000_000)]),  # video not on disk
     }
     valid = {"video_20": _pt_video("video_20", "valid", [_segment(0, 1, 1_010_000, 1_900_000),
@@ -143,13 +145,14 @@ def test_perception_test_reads_action_segments_as_clips(tmp_path: Path) -> None:
     assert clips[0].path == root / "videos" / "video_10.mp4"
     assert task.missing["train"] == [str(root / "videos" / "video_9999.mp4")]
     problems = task.skipped["train"]
-    assert len(problems) == 5
+    assert len(problems) == 6
     assert "all_train.json video video_10 action_localisation[2] (clip video_10_2): unknown label 5" \
         in problems[0]
     assert "action_localisation[3]: empty or negative segment: timestamps 800000..800000" in problems[1]
     assert "action_localisation[4]: missing key(s) 'timestamps'" in problems[2]
     assert "action_localisation[5]: label_id must be an integer, got '1'" in problems[3]
     assert "video video_11: missing key(s) 'metadata', 'action_localisation'" in problems[4]
+    assert "video video_13: metadata needs frame_rate > 0 and num_frames > 0, got 0, 48" in problems[5]
     valid_clips = task.clips("valid")  # 1.01..1.9 s: frames 25..47 (frame 25 is shown from 1.0 s to 1.04 s)
     assert [(c.clip_id, c.label, c.start_frame, c.end_frame) for c in valid_clips] == [
         ("video_20_0", 1, 25, 48), ("video_20_1", 0, 0, 13)]
