@@ -1,9 +1,10 @@
 # shellcheck shell=bash
 # Shared by the eval_*.sh scripts: they source this file and call `run_eval BACKBONE SETTING... -- "$@"`.
 # As in the original suite, the checkpoint folder may come first: `eval_ov_encoder_large_8frames.sh /ckpt`.
-# One `ovprobe` run per dataset; the task config carries the reference recipe's epochs (Diving-48 30,
-# SSv2 and Kinetics 10). Environment:
-#   DATASETS    tasks to evaluate, space separated (default: "diving48 ssv2 kinetics400")
+# One `ovprobe` run per dataset; the task config carries the reference recipe's epochs (Diving-48 and
+# HMDB51 30, the others 10). Environment:
+#   DATASETS    tasks to evaluate, space separated (default: the original suite's eight, "ssv2 diving48
+#               perception_test epic_verb epic_noun hmdb51 kinetics400 charades_ego")
 #   DATA_ROOT   folder with one folder per dataset, <DATA_ROOT>/<task> (default: $OVPROBE_DATA/<task>)
 #   CKPT_DIR    the backbone's checkpoint folder (config.json + weights; default: the Hugging Face cache);
 #               a first argument without `=` is taken as the checkpoint folder instead
@@ -14,6 +15,8 @@
 # Extra arguments are Hydra overrides passed to every run, e.g. `probe.recipe.epochs=5 device=cuda:1`.
 
 set -euo pipefail
+
+PAPER_DATASETS="ssv2 diving48 perception_test epic_verb epic_noun hmdb51 kinetics400 charades_ego"
 
 run_eval() {
     local backbone=$1
@@ -39,7 +42,7 @@ run_eval() {
         launcher+=(-m probe.run)
     fi
     local dataset
-    for dataset in ${DATASETS:-diving48 ssv2 kinetics400}; do
+    for dataset in ${DATASETS:-$PAPER_DATASETS}; do
         local cmd=("${launcher[@]}" "backbone=$backbone" "task=$dataset" "${setting[@]}")
         if [[ -n ${DATA_ROOT:-} ]]; then cmd+=("++task.args.root=$DATA_ROOT/$dataset"); fi
         if [[ -n $checkpoint ]]; then cmd+=("backbone.args.checkpoint=$checkpoint"); fi

@@ -33,7 +33,9 @@ BACKBONES = {
     "eval_aimv2_large_patch14_224": "aimv2_large14_native",
     "eval_vjepa2_large": "vjepa2_large",
 }
-EPOCHS = {"diving48": 30, "ssv2": 10, "kinetics400": 10}
+# The default DATASETS, the original suite's eight, with each task config's epochs.
+EPOCHS = {"ssv2": 10, "diving48": 30, "perception_test": 10, "epic_verb": 10, "epic_noun": 10, "hmdb51": 30,
+          "kinetics400": 10, "charades_ego": 10}
 
 
 def script_env(**env: str) -> dict[str, str]:
@@ -98,7 +100,7 @@ def test_dry_run_resolves_one_run_per_dataset(script, tmp_path):
     backbone = next(b for prefix, b in BACKBONES.items() if script.name.startswith(prefix + "_"))
     setting = expected_setting(script.name)
     commands = dry_run(script, "probe.recipe.bootstrap=7", DATA_ROOT="/data/videos", CKPT_DIR="/ckpt dir")
-    assert [c[0] for c in commands] == ["ovprobe"] * 3
+    assert [c[0] for c in commands] == ["ovprobe"] * len(EPOCHS)
     missing = not (CONF_DIR / "backbone" / f"{backbone}.yaml").exists()
     for command, task in zip(commands, EPOCHS, strict=True):
         overrides = command[1:]
