@@ -83,14 +83,39 @@ class FrameBackbone(Backbone):
         super().__init__()
         self.name = name
         self.model = model.eval().requires_grad_(False)
-        self.patch_size = int(model.config.patch_size)
-        self.embed_dim = int(model.config.hidden_size)
+        self.patch_size, self.embed_dim = self.model_dims(model)
         if input_size % self.patch_size:
             raise ValueError(f"{name}: input_size {input_size} is not a multiple of patch {self.patch_size}")
-        self.preprocess = PreprocessSpec(self.mean, self.std, input_size)
+        self.preprocess = self.model_preprocess(model, input_size)
         self.frame_batch = frame_batch
         self._fingerprint = fingerprint
         self.sparse_mode = self.sparse_modes[0]  # `build` sets the requested one
+
+    # What the base class reads from the library's model; a family whose model is not a transformers
+    # model (timm, open_clip) overrides these four and `load`.
+    @staticmethod
+    def model_dims(model: nn.Module) -> tuple[int, int]:
+        """The patch size and token width of a built model (transformers: from its config)."""
+        return int(model.config.patch_size), int(model.config.hidden_size)
+
+    def model_preprocess(self, model: nn.Module, input_size: int) -> PreprocessSpec:
+        """How frames are prepared for `model` at `input_size` (transformers: the registered mean and std;
+        a release folder's processor config replaces them, `folder_preprocess`)."""
+        return PreprocessSpec(self.mean, self.std, input_size)
+
+    def folder_preprocess(self, folder: Path) -> PreprocessSpec:
+        """The preprocessing once weights came from `folder`: its release's where it declares one."""
+        return release_preprocess(folder, self.preprocess, self.name)
+
+    @classmethod
+    def random_model(cls, size: str, seed: int, **config_overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+        """The registered architecture `size` with weights seeded by `seed`, and the settings that made it
+        (its fingerprint is their hash)."""
+        config = cls.config_class(**{**cls.sizes[size], **config_overrides})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls.model_class(config)
+        return model, {**config.to_dict(), "class": cls.model_class.__name__}
 
     def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised frames `[F, 3, H, W]` -> the model's output sequence `[F, prefix + (H/p) * (W/p), D]`:
@@ -232,12 +257,8 @@ class FrameBackbone(Backbone):
                                      f"drop {arg}={given} or set reference=false")
             keep_prefix = cls.reference_keeps_prefix
         if random_init:
-            config = cls.config_class(**{**cls.sizes[entry.size], **config_overrides})
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = cls.model_class(config)
-            spec = json.dumps({**config.to_dict(), "seed": seed, "class": cls.model_class.__name__},
-                              sort_keys=True, default=str)
+            model, settings = cls.random_model(entry.size, seed, **config_overrides)
+            spec = json.dumps({**settings, "seed": seed}, sort_keys=True, default=str)
             fingerprint = "random-" + hashlib.sha256(spec.encode()).hexdigest()[:16]
             model = model.to(parse_dtype(dtype))
         elif source is None:
@@ -258,7 +279,7 @@ class FrameBackbone(Backbone):
             backbone.tokens = f"last_hidden_state, {backbone.prefix_kept} class/register tokens a frame kept"
         backbone.set_layers(layers)
         if not random_init:
-            backbone.preprocess = release_preprocess(folder, backbone.preprocess, name)
+            backbone.preprocess = backbone.folder_preprocess(folder)
         return backbone
 
     @classmethod

@@ -50,6 +50,8 @@ def _import_families() -> None:
     import backbones.dinov2  # noqa: F401
     import backbones.dinov3  # noqa: F401
     import backbones.onevision  # noqa: F401
+    import backbones.open_clip_vit  # noqa: F401
     import backbones.qwen3_vit  # noqa: F401
     import backbones.siglip2  # noqa: F401
+    import backbones.timm_vit  # noqa: F401
     import backbones.vjepa2  # noqa: F401

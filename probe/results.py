@@ -123,6 +123,8 @@ FAMILY_NAMES = {
     "metaclip2": "MetaCLIP 2",
     "aimv2": "AIMv2",
     "vjepa2": "V-JEPA 2",
+    "timm": "timm",
+    "openclip": "open_clip",
 }
 
 
