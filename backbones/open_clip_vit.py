@@ -36,7 +36,7 @@ import backbones.timm_archs  # noqa: F401  (registers the tiny SigLIP tower open
 from backbones.base import PreprocessSpec, ViTShape
 from backbones.frames import Entry, FrameBackbone
 from backbones.timm_vit import check_grid, fit_to_model, set_attention, timm_tokens, timm_vit_shape
-from backbones.weights import CheckpointError, resolve_checkpoint_dir
+from backbones.weights import CheckpointError, check_file_dtypes, resolve_checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class OpenClipBackbone(FrameBackbone):
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"open_clip cannot build {folder} from its {CONFIG} and weights: {err}"
                                   ) from err
+        if weights.suffix == ".safetensors":
+            check_file_dtypes(model, weights)
         set_attention(model.visual, attn)
         return model.visual.to(dtype), [weights, folder / CONFIG]
 

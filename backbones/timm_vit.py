@@ -27,7 +27,7 @@ from torch import nn
 
 from backbones.base import PreprocessSpec, ViTShape
 from backbones.frames import Entry, FrameBackbone
-from backbones.weights import CheckpointError, resolve_checkpoint_dir
+from backbones.weights import CheckpointError, check_file_dtypes, resolve_checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class TimmVitBackbone(FrameBackbone):
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"timm cannot build {folder} from its config.json and weights: {err}"
                                   ) from err
+        check_file_dtypes(model, weights)
         set_attention(model, attn)
         return model.to(dtype), [weights, config]
 

@@ -122,6 +122,25 @@ def check_dtypes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tenso
         )
 
 
+# safetensors' dtype names (a file's header) -> torch dtypes.
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+                      "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def check_file_dtypes(model: torch.nn.Module, file: Path) -> None:
+    """`check_dtypes` of a safetensors file against `model` (whose keys are the file's), from the file's
+    header alone: for loaders that check keys and shapes themselves but cast what they copy (timm,
+    open_clip). Dtypes missing from `SAFETENSORS_DTYPES` (float8) are not checked."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        names = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    found = {k: torch.empty(0, dtype=SAFETENSORS_DTYPES[n])
+             for k, n in names.items() if n in SAFETENSORS_DTYPES}
+    check_dtypes(model.state_dict(), found, str(file))
+
+
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
     """Raise one error naming every missing, unexpected, misshaped and mistyped key.
 

@@ -6,6 +6,7 @@ of the same weights, and run the whole pipeline."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -190,6 +191,18 @@ def test_a_folder_without_the_librarys_files_is_refused_by_name(name, tmp_path):
     weights = "model.safetensors" if name in TIMM else "open_clip_model.safetensors"
     (tmp_path / "release" / weights).rename(tmp_path / "release" / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"release.*(model\.safetensors|open_clip_model\.safetensors)"):
+        create_backbone(name, checkpoint=str(tmp_path / "release"))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_integer_weights_are_refused_by_name(name, tmp_path):
+    save_release(name, library_model(name), tmp_path / "release")
+    weights = tmp_path / "release" / ("model.safetensors" if name in TIMM else "open_clip_model.safetensors")
+    state = safetensors.torch.load_file(weights)
+    key = next(k for k, v in state.items() if k.endswith("weight") and v.dim() == 2)
+    state[key] = state[key].to(torch.int8)  # what a quantised or mis-saved export looks like
+    safetensors.torch.save_file(state, weights)
+    with pytest.raises(CheckpointError, match=rf"wrong dtype \(1\): {re.escape(key)}: checkpoint torch.int8"):
         create_backbone(name, checkpoint=str(tmp_path / "release"))
 
 
