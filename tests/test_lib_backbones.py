@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from open_clip.push_to_hf_hub import save_config_for_hf
 from test_run import small
 from timm.models import save_for_hf
-from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    Aimv2VisionConfig,
+    Aimv2VisionModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from backbones import create_backbone, list_backbones
 from backbones.open_clip_vit import OpenClipBackbone, OpenClipTimmBackbone
@@ -243,9 +250,28 @@ def _timm_to_siglip(trunk: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _timm_to_aimv2(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm's AIMv2 weights under transformers' `Aimv2VisionModel` names (SwiGLU: gate fc1_g, up fc1_x)."""
+    sd = model.state_dict()
+    out = {"embeddings.patch_embed.weight": sd["patch_embed.proj.weight"],
+           "embeddings.patch_embed.bias": sd["patch_embed.proj.bias"],
+           "embeddings.rms_norm.weight": sd["patch_embed.norm.weight"],
+           "embeddings.position_embedding.weight": sd["pos_embed"][0], "rms_norm.weight": sd["norm.weight"]}
+    for i in range(len(model.blocks)):
+        block, layer = f"blocks.{i}.", f"encoder.layers.{i}."
+        for j, qkv in enumerate(sd[f"{block}attn.qkv.weight"].chunk(3)):
+            out[f"{layer}attention.{'qkv'[j]}_proj.weight"] = qkv
+        for ours, theirs in (("attn.proj", "attention.out_proj"), ("norm1", "rms_norm1"),
+                             ("norm2", "rms_norm2"), ("mlp.fc1_g", "ffn.gate_proj"),
+                             ("mlp.fc1_x", "ffn.up_proj"), ("mlp.fc2", "ffn.down_proj")):
+            out[f"{layer}{theirs}.weight"] = sd[f"{block}{ours}.weight"]
+    return out
+
+
 @pytest.mark.parametrize("name, theirs", [("openclip_tiny", "clip_tiny"),
-                                          ("openclip_siglip_tiny", "siglip2_fixed_tiny")])
-def test_open_clip_and_transformers_give_the_same_tokens_for_the_same_weights(name, theirs, tmp_path):
+                                          ("openclip_siglip_tiny", "siglip2_fixed_tiny"),
+                                          ("timm_aimv2_tiny", "aimv2_tiny")])
+def test_timm_open_clip_and_transformers_give_the_same_tokens_for_the_same_weights(name, theirs, tmp_path):
     ours = create_backbone(name, keep_prefix=True) if PREFIX[name] else create_backbone(name)
     visual = ours.model
     sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=112)
@@ -253,10 +279,13 @@ def test_open_clip_and_transformers_give_the_same_tokens_for_the_same_weights(na
         hf = CLIPVisionModel(CLIPVisionConfig(**sizes, intermediate_size=256, hidden_act="quick_gelu",
                                               layer_norm_eps=1e-5))
         state = _clip_to_transformers(visual)
-    else:  # timm's SigLIP computes exact GELU (transformers' SigLIP config defaults to the tanh one)
+    elif name == "openclip_siglip_tiny":  # timm's SigLIP computes exact GELU (transformers': tanh's)
         hf = SiglipVisionModel(SiglipVisionConfig(**sizes, intermediate_size=239, hidden_act="gelu",
                                                   layer_norm_eps=1e-6, vision_use_head=False))
         state = _timm_to_siglip(visual.trunk)
+    else:  # AIMv2 at a fixed size: learned positions, as timm's
+        hf = Aimv2VisionModel(Aimv2VisionConfig(**sizes, intermediate_size=176, use_head=False))
+        state = _timm_to_aimv2(visual)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and not [k for k in missing if "position_ids" not in k]
     hf.save_pretrained(tmp_path / "transformers")
