@@ -68,13 +68,12 @@ def library_sequence(name: str, model: torch.nn.Module, pixels: torch.Tensor) ->
 
 def library_model(name: str, seed: int = 1) -> torch.nn.Module:
     """A tiny model built by the library alone (whole model for open_clip), seeded."""
-    torch.manual_seed(seed)
-    if name in TIMM:
-        settings = dict(TimmVitBackbone.sizes[TIMM[name]])
-        return timm.create_model(settings.pop("model"), **settings).eval()
-    settings = dict(OPEN_CLIP[name].sizes["tiny"])
-    settings.pop("pretrained")
-    return open_clip.create_model(settings.pop("model"), **settings).eval()
+    settings = dict(TimmVitBackbone.sizes[TIMM[name]] if name in TIMM else OPEN_CLIP[name].sizes["tiny"])
+    settings.pop("pretrained", None)
+    create = timm.create_model if name in TIMM else open_clip.create_model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create(settings.pop("model"), **settings).eval()
 
 
 def save_release(name: str, model: torch.nn.Module, folder: Path) -> None:
