@@ -16,6 +16,7 @@ keeps them). The heads (AIMv2's, PE's attention pool) are not run.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,13 @@ class TimmVitBackbone(FrameBackbone):
                     "model.safetensors (save one with timm.models.save_for_hf(model, DIR, "
                     "safe_serialization=True))"
                 )
+        try:
+            architecture = json.loads(config.read_text()).get("architecture")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise CheckpointError(f"{config} is not a JSON object: {err}") from err
+        if architecture is None:
+            raise CheckpointError(f"{config} names no timm 'architecture': a transformers release folder "
+                                  "loads with the transformers entries (e.g. aimv2_large14_224)")
         overrides = dict(config_overrides)
         attn = overrides.pop("attn_implementation", None)
         try:

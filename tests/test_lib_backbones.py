@@ -198,6 +198,24 @@ def test_a_folder_without_the_librarys_files_is_refused_by_name(name, tmp_path):
     (tmp_path / "release" / weights).rename(tmp_path / "release" / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"release.*(model\.safetensors|open_clip_model\.safetensors)"):
         create_backbone(name, checkpoint=str(tmp_path / "release"))
+    if name in TIMM:  # a transformers folder is not a timm one
+        (tmp_path / "release" / "pytorch_model.bin").rename(tmp_path / "release" / weights)
+        (tmp_path / "release" / "config.json").write_text(json.dumps({"model_type": "aimv2_vision_model"}))
+        with pytest.raises(CheckpointError, match="config.json names no timm 'architecture'"):
+            create_backbone(name, checkpoint=str(tmp_path / "release"))
+
+
+@pytest.mark.parametrize("name", OPEN_CLIP)
+def test_open_clips_pickled_weights_load_with_weights_only(name, tmp_path):
+    model = library_model(name)
+    save_release(name, model, tmp_path / "release")
+    (tmp_path / "release" / "open_clip_model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "release" / "open_clip_pytorch_model.bin")
+    backbone = create_backbone(name, checkpoint=str(tmp_path / "release"))
+    frames = frames_for(backbone, 1)
+    pixels = backbone.preprocess.normalize(frames[0]).transpose(0, 1)
+    expected = library_sequence(name, model.visual, pixels)[:, PREFIX[name]:]
+    assert torch.equal(backbone.encode(frames, whole(backbone, 1))[0], expected[0])
 
 
 @pytest.mark.parametrize("name", TINY)
