@@ -32,6 +32,7 @@ BACKBONES = {
     "eval_dinov2reg_large": "dinov2reg_large",
     "eval_aimv2_large_patch14_224": "aimv2_large14_native",
     "eval_vjepa2_large": "vjepa2_large",
+    "eval_pe_core_large_patch14_336": "timm_pe_core_large14_336",
 }
 # The default DATASETS, the original suite's eight, with each task config's epochs.
 EPOCHS = {"ssv2": 10, "diving48": 30, "perception_test": 10, "epic_verb": 10, "epic_noun": 10, "hmdb51": 30,
