@@ -345,8 +345,17 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+SPAN_FIELDS = ("start_frame", "end_frame", "start_time", "end_time")
+
+
 def clips_digest(clips: Sequence[ClipLike]) -> str:
-    return hashlib.sha256(_canonical([[c.clip_id, int(c.label)] for c in clips]).encode()).hexdigest()
+    """The clip list's identity: ids and labels, and the span of each clip annotated as a segment of a
+    longer video (an edited start or end must not reuse features of the old span)."""
+    rows = []
+    for c in clips:
+        span = [getattr(c, f, None) for f in SPAN_FIELDS]
+        rows.append([c.clip_id, int(c.label), *([span] if any(v is not None for v in span) else [])])
+    return hashlib.sha256(_canonical(rows).encode()).hexdigest()
 
 
 def extract_features(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from backbones.base import Backbone, PreprocessSpec
 from backbones.registry import create_backbone
-from probe.features import FeatureStore, NonFiniteTokensError, extract_features
+from probe.features import FeatureStore, NonFiniteTokensError, _canonical, clips_digest, extract_features
 from tasks.clip import Clip, SampledClip
 
 PATCH, FRAMES, SIDE = 4, 2, 2  # 2 frames of 2x2 patches of 4x4 pixels: 8 tokens per view
@@ -274,3 +276,13 @@ def test_tokens_beyond_the_store_dtype_are_an_error_naming_the_clip(tmp_path: Pa
     assert torch.isfinite(_all_pairs(store)[2].tokens).all()
     with pytest.raises(NonFiniteTokensError, match=r"clip 'c1' view 1 .*as computed by the backbone"):
         _extract(ScaledBackbone(1.0, nan_from=2), tmp_path / "nan", batch_size=2)
+
+
+def test_an_edited_segment_gets_features_of_its_own_not_the_old_spans():
+    frames = [Clip("P01_01_3", Path("P01_01.MP4"), 4, start_frame=100, end_frame=160)]
+    longer = [replace(frames[0], end_frame=180)]
+    seconds = [replace(frames[0], start_frame=None, end_frame=None, start_time=4.0, end_time=6.4)]
+    assert len({clips_digest(frames), clips_digest(longer), clips_digest(seconds)}) == 3
+    # Whole videos keep the digest (and so the stores and run ids) they had before spans entered it.
+    whole = [Clip("v1", Path("v1.mp4"), 2)]
+    assert clips_digest(whole) == hashlib.sha256(_canonical([["v1", 2]]).encode()).hexdigest()
