@@ -170,8 +170,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [header, rule] + ["| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |" for r in rows]
     chance = sorted({f"{r['chance']:.1f}" for r in rows})
     lines.append(
-        f"\nchance: {', '.join(chance)}%. *The original protocol's number: the best test top-1 over all "
-        "epochs and probes, chosen on the test set (optimistic); the top-1 column selects on validation."
+        f"\nchance: {', '.join(chance)}%. *The best test top-1 over all epochs and probes, chosen on the "
+        "test set (optimistic; not the original suite's number, which protocol=original computes); the "
+        "top-1 column selects on validation."
     )
     return "\n".join(lines)
 

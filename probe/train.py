@@ -171,7 +171,8 @@ def _rank(stats: EpochStats, selection: str) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class GridMaximum:
-    """The original protocol's number: the best test top-1 over all epochs and probes (chosen on test)."""
+    """The best test top-1 over all epochs and probes, chosen on test: the original protocol's kind of
+    number, which only `protocol=original` computes as the original does."""
 
     top1: float
     probe: str
