@@ -186,8 +186,17 @@ class Backbone(nn.Module):
         self.layers = tuple(chosen)
         norm = f"through {self.final_norm_path}" if self.final_norm_path else "no final norm"
         self.tokens = f"blocks {', '.join(map(str, chosen))} of {count} ({norm}), concatenated as tokens"
-        if self.prefix_kept:
-            self.tokens += f"; {self.prefix_kept} class/register tokens a frame kept"
+
+    @property
+    def layer_count(self) -> int:
+        """How many times each position's token is returned: once per probed block, or once."""
+        return max(len(self.layers), 1)
+
+    @staticmethod
+    def layer_after_layer(tokens: torch.Tensor) -> torch.Tensor:
+        """`layer_outputs`' layers gathered to `[L, B, N, D]` -> `[B, L * N, D]`: each view's tokens of
+        the first layer, then the next layer's (the model's output alone: `[1, B, N, D]` -> `[B, N, D]`)."""
+        return tokens.transpose(0, 1).flatten(1, 2)
 
     def layer_outputs(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
         """`forward()`'s output `[..., S, D]` as `[1, ..., S, D]`, or with `layers` the chosen blocks'
@@ -215,9 +224,8 @@ class Backbone(nn.Module):
         same, unless the backbone keeps its class/register tokens (`prefix_kept`): those of each encoded
         frame come first, frame by frame in time order, the j-th of frame t at (t, -1, j). With `layers`
         the whole sequence repeats once per layer."""
-        repeat = max(len(self.layers), 1)
         if not self.prefix_kept:
-            return positions.repeat(1, repeat, 1)
+            return positions.repeat(1, self.layer_count, 1)
         rows = []
         for view in positions:
             t = torch.unique(view[:, 0])
@@ -225,7 +233,7 @@ class Backbone(nn.Module):
                 t[:, None], torch.full_like(t[:, None], -1), torch.arange(self.prefix_kept, device=t.device)
             ), dim=-1)
             rows.append(torch.cat([prefix.reshape(-1, 3).to(view.dtype), view]))
-        return torch.stack(rows).repeat(1, repeat, 1)
+        return torch.stack(rows).repeat(1, self.layer_count, 1)
 
     def vit_shape(self) -> ViTShape | None:
         """The architecture's FLOP-relevant sizes; None where not declared (FLOPs then unknown)."""
@@ -238,7 +246,7 @@ class Backbone(nn.Module):
         per_frame = (self.preprocess.size // self.patch_size) ** 2
         shape = self.vit_shape()
         return EncodeCost(frames=-(-n // per_frame), tokens=n + (shape.prefix if shape else 0),
-                          kept=n * max(len(self.layers), 1), flops=shape.flops(n) if shape else None)
+                          kept=n * self.layer_count, flops=shape.flops(n) if shape else None)
 
     def feature_identity(self) -> dict[str, Any]:
         """Everything that changes this backbone's tokens: the feature store keys on it, so two

@@ -41,11 +41,6 @@ from backbones.weights import (
 )
 
 
-def _layer_after_layer(tokens: torch.Tensor) -> torch.Tensor:
-    """`[L, B, N, D]` -> `[B, L * N, D]`: each view's tokens of the first layer, then the next layer's."""
-    return tokens.transpose(0, 1).flatten(1, 2)
-
-
 @dataclass(frozen=True)
 class Entry:
     """A registered model: its architecture size, released weights (None: none) and input size."""
@@ -163,7 +158,7 @@ class FrameBackbone(Backbone):
                 # `needed` is sorted by (view, frame) and every view has the same number of whole frames.
                 prefix = hidden[:, :, : self.prefix_kept].reshape(len(hidden), b, -1, hidden.shape[-1])
                 tokens = torch.cat([prefix, tokens], dim=2)
-            return _layer_after_layer(tokens)
+            return self.layer_after_layer(tokens)
         # Each frame's kept patches in a row of `index`, in the order of `positions`.
         which, patch = which.flatten(), patch.flatten()
         order = torch.argsort(which, stable=True)
@@ -180,17 +175,17 @@ class FrameBackbone(Backbone):
                                        valid[i : i + step]))
             for i in chunks
         ], dim=1)
-        return _layer_after_layer(tokens[:, which, rank].reshape(len(tokens), b, -1, tokens.shape[-1]))
+        return self.layer_after_layer(tokens[:, which, rank].reshape(len(tokens), b, -1, tokens.shape[-1]))
 
     def _check_whole_frames(self, which: torch.Tensor, frames: int, per_frame: int) -> None:
         """The class/register tokens are kept for whole frames only: under a patch budget, a frame's class
         token would carry what the frame's other patches hold (or, encoded natively, depend on the set)."""
         counts = torch.bincount(which.flatten(), minlength=frames)
-        partial = counts[counts != per_frame]
-        if len(partial):
+        short = counts[counts != per_frame]
+        if len(short):
             raise ValueError(
                 f"{self.name}: keep_prefix (the original suite's class/register tokens, also set by "
-                f"reference=true) needs whole frames, but a view holds {int(partial[0])} of a frame's "
+                f"reference=true) needs whole frames, but a view holds {int(short[0])} of a frame's "
                 f"{per_frame} patches; use sampling=uniform, or keep_prefix=false for patch budgets"
             )
 
@@ -210,7 +205,7 @@ class FrameBackbone(Backbone):
             kept = torch.full_like(kept, (self.preprocess.size // self.patch_size) ** 2)
         shape = self.vit_shape()
         return EncodeCost(frames=len(kept), tokens=int(kept.sum()) + len(kept) * shape.prefix,
-                          kept=(len(positions) + len(kept) * self.prefix_kept) * max(len(self.layers), 1),
+                          kept=(len(positions) + len(kept) * self.prefix_kept) * self.layer_count,
                           flops=sum(shape.flops(int(k)) for k in kept))
 
     @classmethod
@@ -275,9 +270,9 @@ class FrameBackbone(Backbone):
         backbone.sparse_mode = sparse_mode
         backbone.reference = reference
         backbone.prefix_kept = backbone.vit_shape().prefix if keep_prefix else 0
-        if backbone.prefix_kept:
-            backbone.tokens = f"last_hidden_state, {backbone.prefix_kept} class/register tokens a frame kept"
         backbone.set_layers(layers)
+        if backbone.prefix_kept:
+            backbone.tokens += f"; {backbone.prefix_kept} class/register tokens a frame kept"
         if not random_init:
             backbone.preprocess = backbone.folder_preprocess(folder)
         return backbone

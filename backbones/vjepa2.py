@@ -65,7 +65,7 @@ class Vjepa2Backbone(FrameBackbone):
         positions = positions.to(tokens.device)
         index = (positions[..., 0] // k) * gh * gw + positions[..., 1] * gw + positions[..., 2]
         index = index[None, ..., None].expand(len(tokens), -1, -1, tokens.shape[-1])
-        return torch.gather(tokens, 2, index).transpose(0, 1).flatten(1, 2)  # layer after layer
+        return self.layer_after_layer(torch.gather(tokens, 2, index))
 
     def vit_shape(self) -> ViTShape:
         c = self.model.config
@@ -78,7 +78,7 @@ class Vjepa2Backbone(FrameBackbone):
         k = int(self.model.config.tubelet_size)
         frames = int(positions[:, 0].max()) + 1 if len(positions) else 0
         tubelets = -(-frames // k) * (self.preprocess.size // self.patch_size) ** 2
-        return EncodeCost(frames=frames, tokens=tubelets, kept=len(positions) * max(len(self.layers), 1),
+        return EncodeCost(frames=frames, tokens=tubelets, kept=len(positions) * self.layer_count,
                           flops=self.vit_shape().flops(tubelets))
 
 

@@ -120,7 +120,7 @@ def tokens_per_view(sampling: dict[str, Any], backbone: Backbone) -> int:
     """The tokens a view stores: its patch budget, plus the class/register tokens of each frame the
     budget fills where the backbone keeps them (whole frames only), once per probed block (`layers`)."""
     budget, per_frame = patch_budget(sampling, backbone)
-    return (budget + backbone.prefix_kept * -(-budget // per_frame)) * max(len(backbone.layers), 1)
+    return (budget + backbone.prefix_kept * -(-budget // per_frame)) * backbone.layer_count
 
 
 def build_sampler(sampling: dict[str, Any], backbone: Backbone, cache_dir: str) -> Sampler:

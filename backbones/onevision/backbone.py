@@ -75,7 +75,7 @@ class OneVisionBackbone(Backbone):
         pixels = self.preprocess.normalize(frames.to(device)).to(dtype)
         positions = positions.to(device)
         tokens = self.layer_outputs(lambda: self.model(pixels, patch_positions=positions).last_hidden_state)
-        return tokens.transpose(0, 1).flatten(1, 2)  # layer after layer (`layers`), or the output alone
+        return self.layer_after_layer(tokens)
 
     def fingerprint(self) -> str:
         return self._fingerprint
