@@ -30,8 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tasks.clip import Clip
-from tasks.epic_kitchens import read_csv
-from tasks.registry import AnnotationError, Task, data_root, register_task
+from tasks.registry import AnnotationError, Task, data_root, read_csv, register_task
 
 SPLIT_FILES = {"train": "CharadesEgo_v1_train.csv", "test": "CharadesEgo_v1_test.csv"}
 CLASSES_FILE = "Charades_v1_classes.txt"

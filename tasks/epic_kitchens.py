@@ -18,29 +18,15 @@ and noun are two single-label tasks trained on the train split and evaluated on 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
 from tasks.clip import Clip
-from tasks.registry import AnnotationError, Task, data_root, register_task, require
+from tasks.registry import AnnotationError, Task, data_root, read_csv, register_task, require
 
 SPLIT_FILES = {"train": "EPIC_100_train.csv", "validation": "EPIC_100_validation.csv"}
 COLUMNS = ("narration_id", "participant_id", "video_id", "start_frame", "stop_frame")
-
-
-def read_csv(path: Path, columns: Iterable[str]) -> Iterable[tuple[str, dict[str, str]]]:
-    """(where, row) for each row of a CSV file whose header must hold `columns`."""
-    if not path.is_file():
-        raise AnnotationError(f"annotation file {path} not found; check root and annotations_dir")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = sorted(set(columns) - set(reader.fieldnames or ()))
-        if missing:
-            raise AnnotationError(f"{path}: header lacks column(s) {missing}")
-        for line, row in enumerate(reader, start=2):  # line numbers, counting the header
-            yield f"{path} line {line}", row
 
 
 def _class_names(path: Path) -> list[str]:

@@ -1,8 +1,9 @@
 """The `Task` interface, the task registry (`register_task`, `create_task`, `list_tasks`) and the
-helpers every annotation parser shares (data root, JSON reading, bad-record policy)."""
+helpers every annotation parser shares (data root, JSON and CSV reading, bad-record policy)."""
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import json
 import logging
@@ -159,6 +160,19 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path} is not valid JSON: {e}") from e
+
+
+def read_csv(path: Path, columns: Iterable[str]) -> Iterable[tuple[str, dict[str, str]]]:
+    """(where, row) for each row of a CSV file whose header must hold `columns`."""
+    if not path.is_file():
+        raise AnnotationError(f"annotation file {path} not found; check root and annotations_dir")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = sorted(set(columns) - set(reader.fieldnames or ()))
+        if missing:
+            raise AnnotationError(f"{path}: header lacks column(s) {missing}")
+        for line, row in enumerate(reader, start=2):  # line numbers, counting the header
+            yield f"{path} line {line}", row
 
 
 def json_records(path: Path) -> Iterable[tuple[str, Any]]:
