@@ -68,10 +68,12 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         seconds = cost["encode_s_per_clip"]
     sampling = record["sampling"]
     # Other tokens of one model get a row of their own: the original suite's settings
-    # (`backbone.args.reference`) and multi-layer features (`backbone.args.layers`).
-    layers = record["backbone"].get("layers")
-    backbone = (record["backbone"]["name"] + (REFERENCE if record["backbone"].get("reference") else "")
-                + (f"{BLOCKS}{','.join(map(str, layers))}" if layers else ""))
+    # (`backbone.args.reference`), kept class/register tokens (`keep_prefix`) and multi-layer features
+    # (`backbone.args.layers`).
+    kind = record["backbone"]
+    tokens = REFERENCE if kind.get("reference") else PREFIX if kind.get("prefix_kept") else ""
+    layers = kind.get("layers")
+    backbone = kind["name"] + tokens + (f"{BLOCKS}{','.join(map(str, layers))}" if layers else "")
     val_fraction = config.get("probe", {}).get("recipe", {}).get("val_fraction")
     return {
         "run_id": record.get("run_id"),
@@ -128,20 +130,25 @@ FAMILY_NAMES = {
 }
 
 
-# Appended to the backbone key of runs at the original suite's settings (`backbone.args.reference=true`)
-# and of multi-layer runs (`backbone.args.layers=[17,19]` -> `@blocks17,19`).
+# Appended to the backbone key of runs at the original suite's settings (`backbone.args.reference=true`),
+# of runs keeping class/register tokens otherwise (`keep_prefix=true`) and of multi-layer runs
+# (`backbone.args.layers=[17,19]` -> `@blocks17,19`).
 REFERENCE = "@reference"
+PREFIX = "@prefix"
 BLOCKS = "@blocks"
 
 
 def backbone_label(name: str, random_weights: bool = False) -> str:
     """`onevision_large` -> "OneVision-Encoder large"; " (original suite's tokens)" for a `@reference`
-    key, " (blocks 17, 19)" for `@blocks17,19`, " (random weights)" where they are."""
+    key, " (class/register tokens kept)" for `@prefix`, " (blocks 17, 19)" for `@blocks17,19`,
+    " (random weights)" where they are."""
     name, _, blocks = name.partition(BLOCKS)
     name, reference, _ = name.partition(REFERENCE)
+    name, prefix, _ = name.partition(PREFIX)
     family, _, size = name.partition("_")
     label = f"{FAMILY_NAMES[family]} {size.replace('_', ' ')}".strip() if family in FAMILY_NAMES else name
     return (label + (" (original suite's tokens)" if reference else "")
+            + (" (class/register tokens kept)" if prefix else "")
             + (f" (blocks {blocks.replace(',', ', ')})" if blocks else "")
             + (" (random weights)" if random_weights else ""))
 

@@ -456,6 +456,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
             # equal-patch setting (one token per patch position).
             "tokens": backbone.tokens,
             "reference": backbone.reference,
+            "prefix_kept": backbone.prefix_kept,  # class/register tokens a frame (`keep_prefix`, `reference`)
             "layers": list(backbone.layers),  # blocks probed, concatenated as tokens ([]: the output)
             # Everything that changes the tokens; the feature stores are keyed on it.
             "feature_identity": backbone.feature_identity(),

@@ -97,6 +97,10 @@ def test_a_reference_run_records_and_stores_the_original_tokens(tmp_path):
     row = record_row(record)
     assert row["backbone"] == "dinov3_tiny@reference"
     assert row["backbone_label"].startswith("DINOv3 tiny (original suite's tokens)")
+    # The same tokens asked for by keep_prefix alone (another input size possible): a row of their own too.
+    kept = record_row({**record, "backbone": {**record["backbone"], "reference": False}})
+    assert record["backbone"]["prefix_kept"] == 5 and kept["backbone"] == "dinov3_tiny@prefix"
+    assert kept["backbone_label"].startswith("DINOv3 tiny (class/register tokens kept)")
 
     plain = run(small(tmp_path, "backbone=dinov3_tiny"))
     assert plain["backbone"]["reference"] is False and plain["sampling"]["tokens_per_clip"] == frames * 64
