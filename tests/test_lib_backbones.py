@@ -230,6 +230,22 @@ def test_integer_weights_are_refused_by_name(name, tmp_path):
         create_backbone(name, checkpoint=str(tmp_path / "release"))
 
 
+def _renamed_blocks(sd: dict[str, torch.Tensor], count: int, block: str, qkv: str, attn: str,
+                    renames: tuple[tuple[str, str], ...], params: tuple[str, ...] = ("weight", "bias")
+                    ) -> dict[str, torch.Tensor]:
+    """The `count` blocks' weights (`block.format(i)` their prefix) under transformers' `encoder.layers.{i}.`
+    names: the fused projection `qkv.format(param)` split into `attn`'s q, k and v, the rest by `renames`."""
+    out = {}
+    for i in range(count):
+        ours, layer = block.format(i), f"encoder.layers.{i}."
+        for p in params:
+            for j, part in enumerate(sd[f"{ours}{qkv.format(p)}"].chunk(3)):
+                out[f"{layer}{attn}.{'qkv'[j]}_proj.{p}"] = part
+            for src, dst in renames:
+                out[f"{layer}{dst}.{p}"] = sd[f"{ours}{src}.{p}"]
+    return out
+
+
 def _clip_to_transformers(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
     """open_clip's CLIP tower's weights under transformers' `CLIPVisionModel` names."""
     sd = visual.state_dict()
@@ -238,15 +254,11 @@ def _clip_to_transformers(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
            "embeddings.position_embedding.weight": sd["positional_embedding"]}
     for ours, theirs in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
         out |= {f"{theirs}.{p}": sd[f"{ours}.{p}"] for p in ("weight", "bias")}
-    for i in range(len(visual.transformer.resblocks)):
-        block, layer = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for p in ("weight", "bias"):
-            for j, qkv in enumerate(sd[f"{block}attn.in_proj_{p}"].chunk(3)):
-                out[f"{layer}self_attn.{'qkv'[j]}_proj.{p}"] = qkv
-            for ours, theirs in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
-                                 ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
-                out[f"{layer}{theirs}.{p}"] = sd[f"{block}{ours}.{p}"]
-    return out
+    return out | _renamed_blocks(
+        sd, len(visual.transformer.resblocks), "transformer.resblocks.{}.", "attn.in_proj_{}", "self_attn",
+        (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")),
+    )
 
 
 def _timm_to_siglip(trunk: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -256,15 +268,11 @@ def _timm_to_siglip(trunk: torch.nn.Module) -> dict[str, torch.Tensor]:
            "embeddings.patch_embedding.bias": sd["patch_embed.proj.bias"],
            "embeddings.position_embedding.weight": sd["pos_embed"][0]}
     out |= {f"post_layernorm.{p}": sd[f"norm.{p}"] for p in ("weight", "bias")}
-    for i in range(len(trunk.blocks)):
-        block, layer = f"blocks.{i}.", f"encoder.layers.{i}."
-        for p in ("weight", "bias"):
-            for j, qkv in enumerate(sd[f"{block}attn.qkv.{p}"].chunk(3)):
-                out[f"{layer}self_attn.{'qkv'[j]}_proj.{p}"] = qkv
-            for ours, theirs in (("attn.proj", "self_attn.out_proj"), ("norm1", "layer_norm1"),
-                                 ("norm2", "layer_norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-                out[f"{layer}{theirs}.{p}"] = sd[f"{block}{ours}.{p}"]
-    return out
+    return out | _renamed_blocks(
+        sd, len(trunk.blocks), "blocks.{}.", "attn.qkv.{}", "self_attn",
+        (("attn.proj", "self_attn.out_proj"), ("norm1", "layer_norm1"), ("norm2", "layer_norm2"),
+         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")),
+    )
 
 
 def _timm_to_aimv2(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -274,15 +282,12 @@ def _timm_to_aimv2(model: torch.nn.Module) -> dict[str, torch.Tensor]:
            "embeddings.patch_embed.bias": sd["patch_embed.proj.bias"],
            "embeddings.rms_norm.weight": sd["patch_embed.norm.weight"],
            "embeddings.position_embedding.weight": sd["pos_embed"][0], "rms_norm.weight": sd["norm.weight"]}
-    for i in range(len(model.blocks)):
-        block, layer = f"blocks.{i}.", f"encoder.layers.{i}."
-        for j, qkv in enumerate(sd[f"{block}attn.qkv.weight"].chunk(3)):
-            out[f"{layer}attention.{'qkv'[j]}_proj.weight"] = qkv
-        for ours, theirs in (("attn.proj", "attention.out_proj"), ("norm1", "rms_norm1"),
-                             ("norm2", "rms_norm2"), ("mlp.fc1_g", "ffn.gate_proj"),
-                             ("mlp.fc1_x", "ffn.up_proj"), ("mlp.fc2", "ffn.down_proj")):
-            out[f"{layer}{theirs}.weight"] = sd[f"{block}{ours}.weight"]
-    return out
+    return out | _renamed_blocks(
+        sd, len(model.blocks), "blocks.{}.", "attn.qkv.{}", "attention",
+        (("attn.proj", "attention.out_proj"), ("norm1", "rms_norm1"), ("norm2", "rms_norm2"),
+         ("mlp.fc1_g", "ffn.gate_proj"), ("mlp.fc1_x", "ffn.up_proj"), ("mlp.fc2", "ffn.down_proj")),
+        params=("weight",),
+    )
 
 
 @pytest.mark.parametrize("name, theirs", [("openclip_tiny", "clip_tiny"),
