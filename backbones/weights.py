@@ -212,7 +212,7 @@ def files_fingerprint(files: Iterable[Path]) -> str:
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     """A compute dtype by name. "auto" is the run's to resolve for its device (bfloat16 on CUDA, see
-    `probe.run.resolve_dtype`); left unresolved (scripts on a CPU) it is float32."""
+    `probe.run.main.resolve_dtype`); left unresolved (scripts on a CPU) it is float32."""
     if dtype is None or dtype == "auto":
         return torch.float32
     if isinstance(dtype, torch.dtype):

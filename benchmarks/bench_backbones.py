@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from backbones import Backbone, create_backbone
-from tasks.sampling import dense_positions, temporal_positions
+from tasks.sampling.samplers import dense_positions, temporal_positions
 
 TINY = ["onevision_tiny", "siglip2_tiny", "dinov3_tiny", "qwen3vit_tiny", "clip_tiny", "metaclip2_tiny",
         "dinov2reg_tiny", "dinov2_tiny", "aimv2_tiny", "vjepa2_tiny"]

@@ -2,7 +2,7 @@
 
 Columns (median of `--repeats` interleaved runs, seconds per clip, 64 frames at 224 px, patch 14):
 - `decode`: the bare sequential PyAV decode of every frame, no conversion (a floor, not a pipeline);
-- `uniform`: what the dense sampler pays: `tasks.video` decodes the 64 linspace frames, then the frames
+- `uniform`: what the dense sampler pays: `tasks.decode.video` decodes the 64 linspace frames, then the frames
   are resized and centre-cropped (`resize_shorter_side`, `crop_square`);
 - `seq+crop`: the codec pass with its signal work removed: one sequential decode keeping the same 64
   frames as resized crops. This is "decode only" for the codec sampler. It decodes with frame threads,
@@ -31,10 +31,10 @@ import av
 import numpy as np
 import torch
 
-from tasks.codec import CodecConfig, analyse, crop_box, patch_scores, plan_slots
-from tasks.codec_cache import MapCache, cached_analyse
-from tasks.selection import pack, select_patches
-from tasks.video import crop_square, open_video, resize_shorter_side
+from tasks.decode.codec import CodecConfig, analyse, crop_box, patch_scores, plan_slots
+from tasks.decode.codec_cache import MapCache, cached_analyse
+from tasks.decode.video import crop_square, open_video, resize_shorter_side
+from tasks.sampling.selection import pack, select_patches
 
 SIZE, PATCH = 224, 14
 GRID = SIZE // PATCH

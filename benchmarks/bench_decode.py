@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.sampling import chunk_indices
-from tasks.video import READERS
+from tasks.decode.video import READERS
+from tasks.sampling.samplers import chunk_indices
 
 VIDEOS = ("Megamind.avi", "Megamind_bugy.avi", "tree.avi", "cup.mp4")
 

@@ -1,4 +1,4 @@
-"""Step time of a probe grid: one stacked module (`probe.grid`) vs one probe after the other.
+"""Step time of a probe grid: one stacked module (`probe.training.grid`) vs one probe after the other.
 
 A training step of the reference head (no positions, depth 0) on one batch of stored tokens, measured
 side by side for a grid of 1 and of `--probes` probes, with each trainer (`probe.recipe.grid`). The
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from probe.features import FeatureBatch
-from probe.train import HeadConfig, ProbeSpec, Recipe, make_grid
+from probe.store.features import FeatureBatch
+from probe.training.train import HeadConfig, ProbeSpec, Recipe, make_grid
 
 
 def step_seconds(trainer: str, probes: int, batch: FeatureBatch, dim: int, classes: int, steps: int) -> float:

@@ -1,7 +1,7 @@
 """Does data loading keep the backbone busy? Backbone time vs loader wait during feature extraction.
 
 The embedded default's train split (the generated task, the tiny random-weight OneVision, uniform
-sampling) is extracted through the run's own path (`probe.run.extract`) with the configured number of
+sampling) is extracted through the run's own path (`probe.run.main.extract`) with the configured number of
 DataLoader workers (`num_workers` in `probe/conf/config.yaml`) and with 0 (decoding in the main
 process), each into a fresh store. The feature store's `ExtractStats` split the time: `encode` is
 inside `backbone.encode`, `wait` is waiting for the next decoded and sampled clip. encode/wait well
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from bench_store_scale import bench_config, generate_task, prepare, settings
 
-from probe.run import compose_config
-from probe.select import precompute
+from probe.run.main import compose_config
+from probe.run.select import precompute
 
 
 def main() -> None:

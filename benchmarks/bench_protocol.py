@@ -31,8 +31,8 @@ from PIL import Image
 
 from backbones.base import Backbone
 from backbones.registry import create_backbone
-from probe.features import FeatureBatch, extract_features
-from probe.train import GridResult, HeadConfig, Recipe, train_probe_grid
+from probe.store.features import FeatureBatch, extract_features
+from probe.training.train import GridResult, HeadConfig, Recipe, train_probe_grid
 from tasks.clip import Clip, SampledClip
 
 FIXTURES = Path(

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from backbones import create_backbone
-from probe.features import CODECS, ArrayFeatures, FeatureStore
-from probe.run import compose_config, head_config, run
-from probe.train import Recipe, train_probe_grid
+from probe.run.main import compose_config, head_config, run
+from probe.store.features import CODECS, ArrayFeatures, FeatureStore
+from probe.training.train import Recipe, train_probe_grid
 
 DTYPES = ("float32", "float16", "int8")
 

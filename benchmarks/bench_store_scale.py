@@ -1,7 +1,7 @@
 """Feature-store extraction at scale: throughput and peak memory for a 1,000- and a 4,000-clip task.
 
-Each size is a generated task (`tasks/synthetic.py`, generated beforehand and not timed) whose train
-split is extracted through the run's own path (`probe.run.extract`: the configured sampler, views,
+Each size is a generated task (`tasks/datasets/synthetic.py`, generated beforehand and not timed) whose train
+split is extracted through the run's own path (`probe.run.main.extract`: the configured sampler, views,
 shard size, batch size and DataLoader workers) with the tiny random-weight OneVision, in a fresh process
 per size so that its peak memory is its own:
 
@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from backbones import create_backbone
-from probe.features import FeatureStore
-from probe.run import build_sampler, compose_config, extract
+from probe.run.main import build_sampler, compose_config, extract
+from probe.store.features import FeatureStore
 from tasks import create_task
 
 

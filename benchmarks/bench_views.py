@@ -16,7 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from probe.run import compose_config, run
+from probe.run.main import compose_config, run
 
 
 def one(out: Path, seed: int, mode: str, views: int, args: argparse.Namespace) -> tuple[float, float]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from probe import report
-from probe.run import compose_config, run
+from probe.report import main as report
+from probe.run.main import compose_config, run
 
 BACKBONES = {
     "onevision_tiny": [],

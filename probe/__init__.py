@@ -1,9 +1,9 @@
 """Attentive probes over frozen video-encoder tokens: head, feature store, grid training, evaluation."""
 
-from probe.evaluate import Metrics, classification_metrics, predict
-from probe.features import ArrayFeatures, FeatureBatch, Features, FeatureStore, extract_features
-from probe.head import AttentiveProbe
-from probe.train import GridResult, HeadConfig, Recipe, train_probe_grid
+from probe.store.features import ArrayFeatures, FeatureBatch, Features, FeatureStore, extract_features
+from probe.training.evaluate import Metrics, classification_metrics, predict
+from probe.training.head import AttentiveProbe
+from probe.training.train import GridResult, HeadConfig, Recipe, train_probe_grid
 
 __all__ = [
     "ArrayFeatures",

@@ -15,7 +15,7 @@ class Clip:
     `start_frame`/`end_frame` bound the span in decoded frame indices (end exclusive);
     `None` means the whole decoded stream. Annotations that give seconds only set `start_time`/`end_time`
     instead (end exclusive; `end_time=None`: to the end); samplers turn them into frames by the video's
-    own frame timestamps (`tasks.sampling.frame_span`), so a variable frame rate is placed correctly.
+    own frame timestamps (`tasks.sampling.samplers.frame_span`), so a variable frame rate is placed correctly.
     """
 
     clip_id: str

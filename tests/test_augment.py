@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from probe.run import ViewSampler, augmentation_record, compose_config, view_rng
-from tasks.augment import ColorJitter
+from probe.run.main import ViewSampler, augmentation_record, compose_config, view_rng
 from tasks.clip import Clip
-from tasks.sampling import CodecSampler, UniformSampler
+from tasks.sampling.augment import ColorJitter
+from tasks.sampling.samplers import CodecSampler, UniformSampler
 
 
 def test_jitter_follows_the_original_loaders_parameters() -> None:
@@ -89,7 +89,7 @@ def test_the_record_says_how_views_were_augmented() -> None:
 
 
 def test_codec_training_frames_stay_distinct_and_in_their_chunks() -> None:
-    from tasks.codec import plan_slots
+    from tasks.decode.codec import plan_slots
 
     rng = np.random.default_rng(0)
     for n in (64, 65, 100, 217, 1000):

@@ -128,7 +128,7 @@ def test_a_span_past_the_end_of_its_video_samples_the_last_frame(clips: Path, ca
     clip = Clip("late", clips / "good1.mp4", 0, start_frame=20, end_frame=30)  # the video has 12 frames
     uniform = create_sampler("uniform", num_frames=4, size=28, patch_size=14)
     codec = create_sampler("codec", num_frames=8, size=28, patch_size=14, budget=4)
-    with caplog.at_level(logging.WARNING, logger="tasks.sampling"):
+    with caplog.at_level(logging.WARNING, logger="tasks.sampling.samplers"):
         assert uniform(clip)[0].source_frames == [11, 11, 11, 11]
         assert codec(clip)[0].source_frames == [11]
     assert "clip late starts at frame 20 but the video has 12 frames" in caplog.text

@@ -12,12 +12,21 @@ import av
 import numpy as np
 import pytest
 
-import tasks.codec as codec
-import tasks.codec_cache as codec_cache
-from tasks.codec import CAMERA_MODELS, CodecConfig, analyse, crop_box, motion_vectors, patch_scores, rasterise
-from tasks.codec_cache import MapCache, cached_analyse, fingerprint
-from tasks.selection import Selection, select_patches
-from tasks.video import crop_square, resize_shorter_side
+import tasks.decode.codec as codec
+import tasks.decode.codec_cache as codec_cache
+from tasks.decode.codec import (
+    CAMERA_MODELS,
+    CodecConfig,
+    analyse,
+    crop_box,
+    motion_vectors,
+    patch_scores,
+    rasterise,
+)
+from tasks.decode.codec_cache import MapCache, cached_analyse, fingerprint
+from tasks.decode.video import crop_square, resize_shorter_side
+from tasks.sampling.selection import Selection, select_patches
+from tasks.sampling.show import show
 
 SIZE, PATCH, GRID = 224, 14, 16
 SQUARE, START = 24, 8  # the moving square's side and its top-left corner at frame 0 (pixels)
@@ -234,7 +243,7 @@ def test_short_clip_spreads_its_frames_over_the_slots(clips):
 
 def test_wrong_frame_count_is_replanned(clips, monkeypatch, caplog):
     monkeypatch.setattr(codec, "count_frames", lambda path: 500)
-    with caplog.at_level(logging.WARNING, logger="tasks.codec"):
+    with caplog.at_level(logging.WARNING, logger="tasks.decode.codec"):
         maps, _ = analyse(clips["mpeg4"])
     assert "re-planning" in caplog.text
     assert maps.frame_indices[-1] == N_FRAMES - 1 and len(maps.slots) == 64
@@ -242,7 +251,7 @@ def test_wrong_frame_count_is_replanned(clips, monkeypatch, caplog):
 
 def test_cinepak_falls_back_to_residual_only(fixtures, caplog):
     tree = fixtures / "videos" / "tree.avi"  # header says 444 frames, 68 decode
-    with caplog.at_level(logging.WARNING, logger="tasks.codec"):
+    with caplog.at_level(logging.WARNING, logger="tasks.decode.codec"):
         maps, _ = analyse(tree)
     assert "motion vectors" not in caplog.text  # not per file: the run warns once with a count
     assert maps.signals == "residual" and np.isnan(maps.motion).all()
@@ -288,7 +297,7 @@ def test_maps_are_cropped_like_the_pixels():
 
 
 def test_show_writes_a_picture_of_the_kept_patches(fixtures, tmp_path):
-    out, _, scores, selection = codec.show(fixtures / "videos" / "cup.mp4", tmp_path / "cup.png", budget=2048)
+    out, _, scores, selection = show(fixtures / "videos" / "cup.mp4", tmp_path / "cup.png", budget=2048)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
     kept = np.zeros(scores.size, bool)
     kept[selection.indices] = True
@@ -322,7 +331,7 @@ def test_cache_reuses_maps_and_recomputes_damaged_entries(clips, tmp_path, monke
     data = bytearray(cache.entry(key).read_bytes())
     data[len(data) // 2] ^= 0xFF
     cache.entry(key).write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="tasks.codec_cache"):
+    with caplog.at_level(logging.WARNING, logger="tasks.decode.codec_cache"):
         again, _ = cached_analyse(clips["mpeg4"], cache=cache)
     assert "damaged" in caplog.text
     np.testing.assert_array_equal(again.fused, fresh.fused)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_codec import GRID, PATCH, SIZE, on_path_fraction, write_clip
 
-from probe.run import ViewSampler
+from probe.run.main import ViewSampler
 from tasks.clip import Clip
-from tasks.sampling import create_sampler
-from tasks.selection import pixel_change
+from tasks.sampling.samplers import create_sampler
+from tasks.sampling.selection import pixel_change
 
 BUDGET = 2 * GRID * GRID  # a whole first frame + 256 patches chosen by each sampler
 
@@ -102,7 +102,7 @@ def test_all_budget_samplers_give_the_same_token_counts_and_layouts(clip, native
 
 
 def test_budget_samplers_refuse_clips_too_short_for_the_budget(tmp_path):
-    from tasks.video import VideoDecodeError
+    from tasks.decode.video import VideoDecodeError
 
     short = Clip("short", write_clip(Path(tmp_path) / "short.avi", n_frames=1), label=0)
     for name in ("random", "pixel_diff"):
@@ -117,9 +117,9 @@ def test_report_writes_the_codec_minus_random_column(tmp_path):
 
     from test_run import small
 
-    from probe import report
-    from probe.evaluate import paired_bootstrap, read_outcomes
-    from probe.run import run
+    from probe.report import main as report
+    from probe.run.main import run
+    from probe.training.evaluate import paired_bootstrap, read_outcomes
 
     records = {s: run(small(tmp_path, f"sampling={s}", "probe.recipe.epochs=1")) for s in
                ("uniform", "codec", "random")}
@@ -153,9 +153,9 @@ def test_report_writes_the_codec_minus_random_column(tmp_path):
 def test_show_draws_codec_random_and_pixel_difference_rows(clip, tmp_path):
     from PIL import Image
 
-    from tasks import codec
+    from tasks.sampling.show import show
 
-    plain, *_ = codec.show(clip.path, tmp_path / "codec.png", budget=BUDGET, columns=4)
-    both, *_ = codec.show(clip.path, tmp_path / "controls.png", budget=BUDGET, columns=4, controls=True)
+    plain, *_ = show(clip.path, tmp_path / "codec.png", budget=BUDGET, columns=4)
+    both, *_ = show(clip.path, tmp_path / "controls.png", budget=BUDGET, columns=4, controls=True)
     (w0, h0), (w1, h1) = Image.open(plain).size, Image.open(both).size
     assert w0 == w1 and h1 / h0 == pytest.approx(5 / 3, rel=0.02)  # two more rows of kept patches

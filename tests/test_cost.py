@@ -11,9 +11,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbones import create_backbone
-from probe.results import record_row
-from probe.run import run
-from tasks.sampling import dense_positions
+from probe.report.results import record_row
+from probe.run.main import run
+from tasks.sampling.samplers import dense_positions
 
 TINY = ["onevision_tiny", "dinov3_tiny", "siglip2_tiny", "siglip2_fixed_tiny", "qwen3vit_tiny"]
 

@@ -29,14 +29,14 @@ from test_run import small, small_overrides
 from test_train import FAST, FRAMES, TIMED, temporal_order_features
 
 import probe.record
-import probe.run
+import probe.run.main
 from probe.files import DiskFullError, InUseError, exclusive
 from probe.record import run_id
-from probe.run import compose_config, run
-from probe.train import NonFiniteLossError, train_probe_grid
+from probe.run.main import compose_config, run
+from probe.training.train import NonFiniteLossError, train_probe_grid
 from tasks import AnnotationError, VideoDecodeError, create_task, open_video
-from tasks.synthetic import SyntheticConfig, generate
-from tasks.video import resize_shorter_side
+from tasks.datasets.synthetic import SyntheticConfig, generate
+from tasks.decode.video import resize_shorter_side
 
 SIZE = (160, 120)
 
@@ -139,7 +139,7 @@ def test_a_clip_missing_for_one_run_is_encoded_once_back(tmp_path: Path, cup: Pa
     shutil.copytree(cup, data)
     task = list_task(data, [f"cup{i}.mp4" for i in range(6)], ["cup6.mp4", "cup7.mp4"])
     missing, away = data / "cup3.mp4", tmp_path / "away.mp4"
-    extract = probe.run.extract
+    extract = probe.run.main.extract
 
     def file_system_hiccup(config, backbone, task, split, sampler, train):  # after the list was read
         if train:
@@ -147,13 +147,13 @@ def test_a_clip_missing_for_one_run_is_encoded_once_back(tmp_path: Path, cup: Pa
             missing.rename(away)
         return extract(config, backbone, task, split, sampler, train)
 
-    monkeypatch.setattr(probe.run, "extract", file_system_hiccup)
+    monkeypatch.setattr(probe.run.main, "extract", file_system_hiccup)
     first = run(small(tmp_path, *task))
     assert first["skipped_clips"]["train"] == {"cup3.mp4": f"cannot decode video {missing}: no such file"}
     assert first["unreadable_clips"]["train"] == {"cup3.mp4": str(missing)}
     assert first["data"]["train_clips"] == 5
 
-    monkeypatch.setattr(probe.run, "extract", extract)
+    monkeypatch.setattr(probe.run.main, "extract", extract)
     away.rename(missing)
     again = run(small(tmp_path, *task))  # on_existing=reuse: not while a skipped clip is readable again
     assert again["run_id"] == first["run_id"] + "-r2"
@@ -274,7 +274,7 @@ def test_a_full_results_dir_fails_with_ovprobes_message_first(tmp_path: Path, mo
     monkeypatch.setattr(sys, "argv", ["ovprobe", f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}"])
     full = rf"^ovprobe: results folder {results} has only 1 MiB free; free some space"
     with pytest.raises(SystemExit, match=full):
-        probe.run.main()
+        probe.run.main.main()
     assert list(results.iterdir()) == []  # Hydra wrote nothing there
 
 
@@ -282,10 +282,10 @@ def test_a_full_results_dir_fails_with_ovprobes_message_first(tmp_path: Path, mo
 
 HOLD = """
 import json, sys, time
-import probe.train
-from probe.run import compose_config, run
-slow = probe.train._train_epoch
-probe.train._train_epoch = lambda *a, **k: time.sleep(600) or slow(*a, **k)
+import probe.training.train
+from probe.run.main import compose_config, run
+slow = probe.training.train._train_epoch
+probe.training.train._train_epoch = lambda *a, **k: time.sleep(600) or slow(*a, **k)
 run(compose_config(json.loads(sys.argv[1])))
 """
 

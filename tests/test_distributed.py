@@ -17,10 +17,10 @@ import torch.multiprocessing as mp
 from test_run import small, small_overrides
 
 from probe import distributed
-from probe.evaluate import predict
-from probe.features import ArrayFeatures
-from probe.run import run
-from probe.train import HeadConfig, Recipe, train_probe_grid
+from probe.run.main import run
+from probe.store.features import ArrayFeatures
+from probe.training.evaluate import predict
+from probe.training.train import HeadConfig, Recipe, train_probe_grid
 
 # --- the launch ----------------------------------------------------------------------------------
 
@@ -170,8 +170,8 @@ def test_two_processes_train_and_predict_like_one(tmp_path: Path) -> None:
 # the whole job (torchrun and every process) right after writing the first probe checkpoint.
 LAUNCHER = """
 import os, signal, sys
-import probe.features, probe.train
-from probe.run import main
+import probe.store.features, probe.training.train
+from probe.run.main import main
 
 def kill_job():
     agent = os.getppid()
@@ -190,9 +190,9 @@ def then(owner, name, action):
 
 what, _, rank = os.environ.get("KILL", "").partition(":")
 if rank == os.environ["RANK"] and what == "shard":
-    then(probe.features._ShardWriter, "write", lambda: os.kill(os.getpid(), signal.SIGKILL))
+    then(probe.store.features._ShardWriter, "write", lambda: os.kill(os.getpid(), signal.SIGKILL))
 if rank == os.environ["RANK"] and what == "checkpoint":
-    then(probe.train, "_save_checkpoint", kill_job)
+    then(probe.training.train, "_save_checkpoint", kill_job)
 sys.argv[0] = "ovprobe"
 main()
 """

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from test_run import small
 
-from probe.results import paper_tables, record_row
-from probe.run import run
+from probe.report.results import paper_tables, record_row
+from probe.run.main import run
 from tasks import Clip, create_sampler
 
 VIDEOS = ["Megamind.avi", "Megamind_bugy.avi", "cup.mp4", "tree.avi"]

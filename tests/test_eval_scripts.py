@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.run import compose_config
+from probe.run.main import compose_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = REPO_ROOT / "shells_eval_ap"

@@ -21,11 +21,11 @@ from test_features import CountingBackbone, _all_pairs, _extract
 from test_run import encode_calls, small  # noqa: F401 (encode_calls is a fixture)
 from test_train import FAST, FRAMES, TIMED, temporal_order_features
 
-import probe.train
+import probe.training.train
 from probe.files import DiskFullError
 from probe.record import ResultsDirError, claim_run
-from probe.run import run
-from probe.train import EpochStats, train_probe_grid
+from probe.run.main import run
+from probe.training.train import EpochStats, train_probe_grid
 
 
 @pytest.fixture
@@ -98,8 +98,9 @@ def test_disk_full_writing_the_record_keeps_the_trained_probes(
     disk_full(None)
     encode_calls.clear()
     epochs: list[int] = []
-    original = probe.train._train_epoch
-    monkeypatch.setattr(probe.train, "_train_epoch", lambda *a, **k: epochs.append(1) or original(*a, **k))
+    original = probe.training.train._train_epoch
+    monkeypatch.setattr(probe.training.train, "_train_epoch",
+                        lambda *a, **k: epochs.append(1) or original(*a, **k))
     record = run(config)
     assert encode_calls == [] and epochs == []  # features and probes come from the cache
     assert (tmp_path / "results" / record["run_id"] / "record.json").is_file()
@@ -190,7 +191,7 @@ def test_damaged_checkpoint_is_not_trusted(tmp_path: Path, caplog) -> None:
         ckpt.write_bytes(damaged)
         caplog.clear()
         seen: list[int] = []
-        with caplog.at_level(logging.WARNING, logger="probe.train"):
+        with caplog.at_level(logging.WARNING, logger="probe.training.train"):
             again = train_probe_grid(
                 train, test, FRAMES, TIMED, recipe, checkpoint=ckpt, on_epoch_end=_into(seen), progress=False
             )

@@ -14,10 +14,10 @@ from test_run import small
 
 from backbones import create_backbone
 from backbones.dinov3 import IMAGENET_MEAN, Dinov3Backbone
-from probe.run import build_sampler, run
+from probe.run.main import build_sampler, run
 from tasks import Clip, open_video
-from tasks.sampling import dense_positions
-from tasks.video import crop_square, resize_shorter_side
+from tasks.decode.video import crop_square, resize_shorter_side
+from tasks.sampling.samplers import dense_positions
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,13 @@ from torch import nn
 
 from backbones.base import Backbone, PreprocessSpec
 from backbones.registry import create_backbone
-from probe.features import FeatureStore, NonFiniteTokensError, _canonical, clips_digest, extract_features
+from probe.store.features import (
+    FeatureStore,
+    NonFiniteTokensError,
+    _canonical,
+    clips_digest,
+    extract_features,
+)
 from tasks.clip import Clip, SampledClip
 
 PATCH, FRAMES, SIDE = 4, 2, 2  # 2 frames of 2x2 patches of 4x4 pixels: 8 tokens per view

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-import probe.features
-import probe.run
+import probe.run.main
+import probe.store.features
 from backbones import create_backbone
 from backbones.weights import CheckpointError
-from probe.run import ConfigError, _user_errors, compose_config, run
+from probe.run.main import ConfigError, _user_errors, compose_config, run
 from tasks.progress import progress_bar, progress_mode
 from tests.test_run import small, small_overrides
 
@@ -147,9 +147,9 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the config was checked")
 
-    monkeypatch.setattr(probe.run, "create_backbone", forbidden)
-    monkeypatch.setattr(probe.features, "extract_features", forbidden)
-    monkeypatch.setattr(probe.run, "extract_features", forbidden)
+    monkeypatch.setattr(probe.run.main, "create_backbone", forbidden)
+    monkeypatch.setattr(probe.store.features, "extract_features", forbidden)
+    monkeypatch.setattr(probe.run.main, "extract_features", forbidden)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -175,7 +175,7 @@ def test_bad_values_fail_before_any_work_naming_the_key(tmp_path, no_work, overr
 
 
 def test_a_codec_budget_beyond_the_dense_run_is_refused_before_decoding(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(probe.run, "extract_features", lambda *a, **k: pytest.fail("decoding started"))
+    monkeypatch.setattr(probe.run.main, "extract_features", lambda *a, **k: pytest.fail("decoding started"))
     with pytest.raises(ConfigError, match=r"budget=8192 is more than the 4096 patches of the dense run"):
         run(small(tmp_path, "sampling=codec", "sampling.budget=8192"))
 

@@ -1,4 +1,4 @@
-"""The grid trained as one stacked module (`probe.grid`) computes what the probes compute one by one."""
+"""The grid as one stacked module (`probe.training.grid`) computes what the probes compute one by one."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_train import FAST, FRAMES, temporal_order_features
 
-from probe.grid import StackedProbes
-from probe.train import HeadConfig, train_probe_grid
+from probe.training.grid import StackedProbes
+from probe.training.train import HeadConfig, train_probe_grid
 
 REFERENCE = HeadConfig(temporal_pos="sinusoidal")  # the reference head of an image backbone
 

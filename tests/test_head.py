@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.head import AttentiveProbe
+from probe.training.head import AttentiveProbe
 
 
 def _tokens(b: int = 3, t: int = 4, per_frame: int = 3, d: int = 64, seed: int = 0):
@@ -164,7 +164,7 @@ def _reference_original_head(state: dict[str, torch.Tensor], x: torch.Tensor, he
 
 
 def test_original_head_matches_the_original_pooling_head() -> None:
-    from probe.train import HeadConfig
+    from probe.training.train import HeadConfig
 
     torch.manual_seed(0)
     d, classes = 128, 7

@@ -28,10 +28,10 @@ from backbones.qwen3_vit import Qwen3VitBackbone
 from backbones.siglip2 import Siglip2Backbone, Siglip2FixedBackbone, SiglipBackbone
 from backbones.vjepa2 import Vjepa2Backbone
 from backbones.weights import CheckpointError
-from probe.results import backbone_label, format_table, record_row
-from probe.run import build_sampler, compose_config, run
+from probe.report.results import backbone_label, format_table, record_row
+from probe.run.main import build_sampler, compose_config, run
 from tasks import create_task
-from tasks.sampling import dense_positions
+from tasks.sampling.samplers import dense_positions
 
 CONF = Path(__file__).resolve().parents[1] / "probe" / "conf" / "backbone"
 FAMILIES: dict[str, type[FrameBackbone]] = {

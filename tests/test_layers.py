@@ -10,9 +10,9 @@ import torch
 from test_run import small
 
 from backbones import create_backbone
-from probe.results import record_row
-from probe.run import run
-from tasks.sampling import dense_positions
+from probe.report.results import record_row
+from probe.run.main import run
+from tasks.sampling.samplers import dense_positions
 
 FAMILIES = ["onevision_tiny", "clip_tiny", "metaclip2_tiny", "dinov2_tiny", "dinov2reg_tiny", "dinov3_tiny",
             "siglip2_tiny", "siglip2_fixed_tiny", "aimv2_tiny", "vjepa2_tiny"]

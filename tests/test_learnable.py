@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from backbones import create_backbone
-from probe.features import FeatureBatch, FeatureStore
-from probe.run import compose_config, head_config, run
-from probe.train import Recipe, train_probe_grid
+from probe.run.main import compose_config, head_config, run
+from probe.store.features import FeatureBatch, FeatureStore
+from probe.training.train import Recipe, train_probe_grid
 
 # The default task and probe options, trimmed to one learning rate, one training view and half the
 # tokens per clip (4 frames instead of 8) so that the test takes about a minute.

@@ -33,9 +33,9 @@ from backbones import create_backbone, list_backbones
 from backbones.open_clip_vit import OpenClipBackbone, OpenClipTimmBackbone
 from backbones.timm_vit import TimmVitBackbone
 from backbones.weights import CheckpointError
-from probe.results import backbone_label, format_table, record_row
-from probe.run import compose_config, run
-from tasks.sampling import dense_positions
+from probe.report.results import backbone_label, format_table, record_row
+from probe.run.main import compose_config, run
+from tasks.sampling.samplers import dense_positions
 
 CONF = Path(__file__).resolve().parents[1] / "probe" / "conf" / "backbone"
 TIMM = {"timm_aimv2_tiny": "aimv2_tiny", "timm_pe_tiny": "pe_tiny"}

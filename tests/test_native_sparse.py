@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backbones import create_backbone
-from tasks.sampling import dense_positions
+from tasks.sampling.samplers import dense_positions
 
 WHOLE = "full_frames_then_gather"
 NATIVE = ["dinov3_tiny", "siglip2_tiny", "qwen3vit_tiny"]  # families implementing kept-patch input

@@ -11,10 +11,10 @@ import torch
 from test_run import small
 
 from backbones import create_backbone
-from probe.features import FeatureStore
-from probe.results import record_row
-from probe.run import run
-from tasks.sampling import dense_positions
+from probe.report.results import record_row
+from probe.run.main import run
+from probe.store.features import FeatureStore
+from tasks.sampling.samplers import dense_positions
 
 
 def _frames(backbone, count: int, seed: int = 0) -> torch.Tensor:

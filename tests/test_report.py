@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 from test_run import small
 
-from probe import figures, report
-from probe.results import (
+from probe.report import figures
+from probe.report import main as report
+from probe.report.results import (
     PAPER_AVERAGE,
     PAPER_TASKS,
     Table,
@@ -30,7 +31,7 @@ from probe.results import (
     to_latex,
     to_markdown,
 )
-from probe.run import run
+from probe.run.main import run
 
 BACKBONES = {
     "onevision_tiny": [],
@@ -238,7 +239,7 @@ def test_budget_rows_and_settings_sort_as_numbers():
         "codec_256p", "codec_2048p", "uniform_2f", "uniform_16f"]
     rows = pd.DataFrame({"budget": [512, 64, 128, 256], "frames_equiv": [8.0, 1.0, 2.0, 4.0],
                          "sampling": "codec", "top1": 1.0, "top1_low": 0.0, "top1_high": 2.0})
-    from probe.results import pivot
+    from probe.report.results import pivot
 
     lines = [line for line in to_markdown(pivot(rows, ["budget", "frames_equiv"], "sampling")).splitlines()
              if line.startswith("| ") and line[2].isdigit()]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import probe.features
-import probe.train
+import probe.store.features
+import probe.training.train
 from backbones.onevision.backbone import OneVisionBackbone
 from probe.record import RunExistsError, run_id
-from probe.run import ConfigError, compose_config, resolve_dtype, run
+from probe.run.main import ConfigError, compose_config, resolve_dtype, run
 from tasks import AnnotationError, VideoDecodeError
 
 
@@ -169,7 +169,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path, monkeypatch, encode_ca
     config = small(tmp_path)
 
     # Killed during extraction, after the second shard of 8 train clips.
-    original_write = probe.features._ShardWriter.write
+    original_write = probe.store.features._ShardWriter.write
     written: list[int] = []
 
     def dying_write(self):
@@ -178,15 +178,15 @@ def test_killed_run_resumes_without_recomputing(tmp_path, monkeypatch, encode_ca
         if len(written) == 2:
             raise KeyboardInterrupt("killed during extraction")
 
-    monkeypatch.setattr(probe.features._ShardWriter, "write", dying_write)
+    monkeypatch.setattr(probe.store.features._ShardWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         run(config)
-    monkeypatch.setattr(probe.features._ShardWriter, "write", original_write)
+    monkeypatch.setattr(probe.store.features._ShardWriter, "write", original_write)
     assert sum(encode_calls) == 16
     encode_calls.clear()
 
     # Killed during training, after the first epoch's checkpoint.
-    original_epoch = probe.train._train_epoch
+    original_epoch = probe.training.train._train_epoch
     epochs: list[int] = []
 
     def dying_epoch(*args, **kwargs):
@@ -195,10 +195,10 @@ def test_killed_run_resumes_without_recomputing(tmp_path, monkeypatch, encode_ca
             raise KeyboardInterrupt("killed during training")
         return original_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(probe.train, "_train_epoch", dying_epoch)
+    monkeypatch.setattr(probe.training.train, "_train_epoch", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(config)
-    monkeypatch.setattr(probe.train, "_train_epoch", original_epoch)
+    monkeypatch.setattr(probe.training.train, "_train_epoch", original_epoch)
     assert sum(encode_calls) == 16 + 16  # only the unfinished train shards, then the test split
     assert not any((tmp_path / "results").glob("*/record.json"))
     encode_calls.clear()
@@ -379,17 +379,17 @@ def test_streaming_resumes_at_the_epoch_after_a_kill(tmp_path, monkeypatch, enco
     whole = run(small(tmp_path / "whole", *stream))
     whole_encodes = sum(encode_calls)
 
-    original = probe.train._train_epoch
+    original = probe.training.train._train_epoch
 
     def killed_in_epoch_two(grid, train, train_idx, recipe, epoch, *args, **kwargs):
         if epoch == 1:
             raise _Killed
         return original(grid, train, train_idx, recipe, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(probe.train, "_train_epoch", killed_in_epoch_two)
+    monkeypatch.setattr(probe.training.train, "_train_epoch", killed_in_epoch_two)
     with pytest.raises(_Killed):
         run(small(tmp_path / "killed", *stream))
-    monkeypatch.setattr(probe.train, "_train_epoch", original)
+    monkeypatch.setattr(probe.training.train, "_train_epoch", original)
     encode_calls.clear()
     resumed = run(small(tmp_path / "killed", *stream))
     assert resumed["metrics"]["test"] == whole["metrics"]["test"]

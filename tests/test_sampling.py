@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tasks.clip import Clip
-from tasks.sampling import (
+from tasks.decode.video import crop_square, open_video, resize_shorter_side
+from tasks.sampling.samplers import (
     UniformSampler,
     chunk_indices,
     create_sampler,
@@ -17,7 +18,6 @@ from tasks.sampling import (
     list_samplers,
     temporal_positions,
 )
-from tasks.video import crop_square, open_video, resize_shorter_side
 
 
 def test_frames_spread_over_the_64_slot_grid_of_onevision() -> None:

@@ -11,25 +11,25 @@ import numpy as np
 import pytest
 from test_run import small
 
-import tasks.codec_cache
-from probe.features import FeatureStore
-from probe.run import run
-from probe.select import main, parse_shard, precompute
+import tasks.decode.codec_cache
+from probe.run.main import run
+from probe.run.select import main, parse_shard, precompute
+from probe.store.features import FeatureStore
 
 CODEC = ["sampling=codec", "sampling.args.num_frames=16", "sampling.frames_equiv=4", "extract.train_views=2"]
 
 
 @pytest.fixture
 def analyses(monkeypatch) -> list[str]:
-    """Counts motion-vector analyses (`tasks.codec.analyse` as the map cache calls it)."""
+    """Counts motion-vector analyses (`tasks.decode.codec.analyse` as the map cache calls it)."""
     calls: list[str] = []
-    original = tasks.codec_cache.analyse
+    original = tasks.decode.codec_cache.analyse
 
     def counting(path, *args, **kwargs):
         calls.append(str(path))
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.codec_cache, "analyse", counting)
+    monkeypatch.setattr(tasks.decode.codec_cache, "analyse", counting)
     return calls
 
 
@@ -89,7 +89,7 @@ def test_select_command_prints_its_summary(tmp_path):
         [
             sys.executable,
             "-m",
-            "probe.select",
+            "probe.run.select",
             "--shard",
             "0/4",
             *CODEC,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tasks.clip import Clip
-from tasks.sampling import create_sampler
-from tasks.selection import (
+from tasks.sampling.samplers import create_sampler
+from tasks.sampling.selection import (
     SelectionConfig,
     pack,
     per_frame_sparse,

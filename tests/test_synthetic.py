@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tasks import create_task
-from tasks.registry import Task
-from tasks.synthetic import SyntheticConfig, generate
-from tasks.video import open_video
+from tasks.datasets.registry import Task
+from tasks.datasets.synthetic import SyntheticConfig, generate
+from tasks.decode.video import open_video
 
 SMALL = {"num_train": 96, "num_test": 80, "num_frames": 16, "size": 64, "digit_size": 24,
          "speeds": (1.0, 2.5)}

@@ -21,7 +21,7 @@ from tasks import (
     list_tasks,
     make_loader,
 )
-from tasks.registry import UnknownTaskError
+from tasks.datasets.registry import UnknownTaskError
 
 
 def _encode(path: Path, codec: str, frames: int = 12) -> Path:
@@ -191,7 +191,7 @@ def test_ssv2_loads_each_layout_from_its_root_alone(tmp_path: Path, videos: dict
                                                     keys: str, prefix: str) -> None:
     names = TEMPLATES if keys == "plain" else BRACKETED
     _ssv2_copy(tmp_path, videos["webm"], labels_dir, video_dir, names, prefix)
-    with caplog.at_level("INFO", logger="tasks.ssv2"):
+    with caplog.at_level("INFO", logger="tasks.datasets.ssv2"):
         task = create_task("ssv2", root=tmp_path)
     assert task.layout == layout and f"({layout})" in caplog.text  # the detected layout is logged
     assert task.classes == TEMPLATES  # named without brackets, indexed by labels.json's values
@@ -202,7 +202,7 @@ def test_ssv2_loads_each_layout_from_its_root_alone(tmp_path: Path, videos: dict
 
 def test_ssv2_folders_given_in_the_config_and_errors_that_name_them(tmp_path: Path,
                                                                     videos: dict[str, Path]) -> None:
-    from probe.run import compose_config
+    from probe.run.main import compose_config
 
     args = compose_config(["task=ssv2"])["task"]["args"]
     assert args == {"root": None, "labels_dir": None, "video_dir": None}  # declared: no `+` needed

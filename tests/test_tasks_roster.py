@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-import tasks.codec as codec
-from probe.run import run
+import tasks.decode.codec as codec
+from probe.run.main import run
 from tasks import AnnotationError, ClipDataset, create_sampler, create_task, list_tasks
 from tests.test_run import small
 from tests.test_tasks import _csv, _encode, _place, _sampler

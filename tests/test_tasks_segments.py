@@ -14,11 +14,11 @@ import av
 import numpy as np
 import pytest
 
-from probe.run import run
+from probe.run.main import run
 from tasks import AnnotationError, ClipDataset, create_sampler, create_task
 from tasks.clip import Clip
-from tasks.sampling import clip_span, frame_span
-from tasks.video import open_video, span_frames
+from tasks.decode.video import open_video, span_frames
+from tasks.sampling.samplers import clip_span, frame_span
 from tests.test_run import small
 from tests.test_tasks import _encode, _place, _sampler
 

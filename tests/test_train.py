@@ -10,9 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from probe.evaluate import aggregate_views, bootstrap_interval, classification_metrics, per_view_top1, predict
-from probe.features import ArrayFeatures
-from probe.train import EpochStats, HeadConfig, Recipe, split_train_val, train_probe_grid
+from probe.store.features import ArrayFeatures
+from probe.training.evaluate import (
+    aggregate_views,
+    bootstrap_interval,
+    classification_metrics,
+    per_view_top1,
+    predict,
+)
+from probe.training.train import EpochStats, HeadConfig, Recipe, split_train_val, train_probe_grid
 
 FRAMES, PER_FRAME, DIM = 4, 2, 32
 

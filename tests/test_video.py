@@ -11,7 +11,7 @@ import pytest
 import torch
 from av.video.frame import PictureType
 
-from tasks.video import (
+from tasks.decode.video import (
     DecordReader,
     PyAVReader,
     VideoDecodeError,
@@ -144,7 +144,7 @@ def test_one_frame_numbering_in_presentation_order_where_decode_order_differs(tm
                                                                              name: str) -> None:
     """PyAV (seeking or not), decord (or "auto", which reads with PyAV what decord refuses) and the
     codec analysis all number frames in presentation order, whatever the container's timestamps."""
-    from tasks.codec import CodecConfig, analyse
+    from tasks.decode.codec import CodecConfig, analyse
 
     path = tmp_path / name
     if name == "stamped.mkv":

@@ -1,0 +1,1 @@
+"""Reporting: results tables, figures and `ovprobe-report`, read from run records only."""

@@ -1,0 +1,5 @@
+"""`python -m probe.report`: the `ovprobe-report` command."""
+
+from probe.report.main import main
+
+main()

@@ -1,0 +1,858 @@
+"""Saliency maps from what the video codec already knows: motion vectors and residual energy.
+
+One sequential PyAV pass over a clip (motion vectors only exist while decoding in order) keeps, for
+each of the `num_frames` frames sampled at linspace over the clip, two maps on a grid of 4x4-pixel
+cells of the source frame:
+
+- **motion**: the magnitude of the bitstream's motion vectors (`flags2=+export_mvs`, side data
+  `MOTION_VECTORS`) after subtracting a global camera-motion estimate. Cells no vector covers (I-frames,
+  intra blocks) are unknown (NaN) in the map and count as still when fused.
+- **residual**: ``|Y_t - warp(Y_ref, MV)|`` on the luma plane at reduced resolution, i.e. what motion
+  compensation fails to predict; a plain difference to the past reference where no vector exists. Each
+  frame's median residual is subtracted, as camera motion is from the vectors. The original system read
+  true HEVC residuals from a patched decoder; this is their decoded-domain equivalent, available for any
+  codec PyAV decodes, at the price of one gather per sampled frame.
+
+Each map is divided by its 95th percentile over the clip (with a floor, so noise in a static clip is not
+blown up to full scale), clipped to [0, 1] and fused (weighted mean by default; max and geometric mean).
+Codecs that export no vectors (VP9, Cinepak, MJPEG, ...) fall back to residual-only scores, recorded in
+`CodecMaps.signals` (and `SampledClip.signals`): the run counts them and warns once, with the count.
+
+`python -m tasks.sampling.show VIDEO` draws what the codec sampler keeps from these maps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import av
+import numpy as np
+from av.sidedata.sidedata import SideDataContainer
+from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
+
+from tasks.decode.video import VideoDecodeError
+
+log = logging.getLogger(__name__)
+
+CELL = 4  # pixels per side of a motion-map cell (the smallest H.264 partition)
+Box = tuple[float, float, float, float]  # top, left, height, width in source pixels
+_T = TypeVar("_T")
+_warned_no_vectors: set[str] = set()
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """How saliency maps are computed; everything here is part of the cache key.
+
+    `residual_scale` is the luma downsampling factor for residuals (1, 2 or 4 = one value per cell: as
+    good as 2 on the tests, at a quarter of the cost).
+    `residual_baseline` times each frame's median residual is subtracted from it: the change that is
+    everywhere (requantisation when an I-frame restarts prediction, sub-pixel pans at reduced
+    resolution) is to residuals what camera motion is to vectors. `motion_floor` (pixels) and
+    `residual_floor` (luma levels) bound the normalising percentile from below. A clip is static when
+    fewer than `static_activity` of its cells exceed either floor.
+    """
+
+    num_frames: int = 64
+    camera: str = "similarity"  # none | median | similarity
+    camera_trim: float = 0.3
+    fusion: str = "mean"  # mean | max | geomean
+    motion_weight: float = 1.0
+    residual_weight: float = 1.0
+    percentile: float = 95.0
+    norm_scope: str = "clip"  # clip | frame
+    motion_floor: float = 1.0
+    residual_floor: float = 6.0
+    residual_scale: int = 4
+    residual_baseline: float = 1.0
+    static_activity: float = 0.005
+
+    def __post_init__(self) -> None:
+        for key, table in (("camera", CAMERA_MODELS), ("fusion", FUSIONS), ("norm_scope", _NORM_GROUPS)):
+            if getattr(self, key) not in table:
+                raise ValueError(f"codec {key}={getattr(self, key)!r}; choose one of {sorted(table)}")
+        if self.residual_scale not in (1, 2, 4):
+            raise ValueError(f"codec residual_scale={self.residual_scale}; choose 1, 2 or 4")
+        if self.num_frames < 1:
+            raise ValueError(f"codec num_frames={self.num_frames} must be >= 1")
+
+
+@dataclass
+class CodecMaps:
+    """Per-sampled-frame maps of one clip on the cell grid of the source frame.
+
+    Row i holds decoded frame `frame_indices[i]` (absolute in the file), placed at temporal slot
+    `slots[i]` of a grid of `num_slots`. `fused` is the saliency in [0, 1] quantised to uint8 (x 255):
+    what the cache stores, so a cached run selects exactly what a fresh one does. The raw maps,
+    `motion` (pixels, NaN = no vector) and `residual` (luma levels), come with a fresh analysis only;
+    the cache keeps them out (None) to stay small. `contrast` is each row's luma standard deviation
+    (levels, on the reduced luma): near 0 for a flat frame (black, a fade), which
+    `SelectionConfig.keep_first_frame` passes over.
+    """
+
+    fused: np.ndarray
+    frame_indices: np.ndarray
+    slots: np.ndarray
+    num_slots: int
+    frame_size: tuple[int, int]
+    signals: str  # "motion+residual" or "residual"
+    activity: float  # fraction of cells above a noise floor
+    static: bool  # activity below `CodecConfig.static_activity`
+    motion: np.ndarray | None = None
+    residual: np.ndarray | None = None
+    contrast: np.ndarray | None = None
+
+    @property
+    def slot_contrast(self) -> np.ndarray | None:
+        """`contrast` on the slot grid `[num_slots]`, NaN on slots without a frame."""
+        if self.contrast is None:
+            return None
+        out = np.full(self.num_slots, np.nan, np.float32)
+        out[self.slots] = self.contrast
+        return out
+
+    @property
+    def saliency(self) -> np.ndarray:
+        """`fused` as float32 in [0, 1]."""
+        return self.fused.astype(np.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------- motion vectors
+
+
+def motion_vectors(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's exported motion vectors as a structured array, or None (I-frames, codecs without).
+
+    Read through a container of our own: `frame.side_data` caches one on the frame that points back at
+    it, a reference cycle that keeps the frame and its decoder buffer alive until the garbage collector
+    runs (the decoder then allocates fresh buffers: +40% decode time). The array is a copy for the same
+    reason, a view would pin the frame; copied as bytes, ten times faster than field by field.
+    """
+    side = SideDataContainer(frame).get("MOTION_VECTORS")
+    if side is None:
+        return None
+    view = side.to_ndarray()
+    return view.view(np.uint8).copy().view(view.dtype)
+
+
+@dataclass
+class MotionField:
+    """A frame's block vectors, and which block covers each 4x4 cell per reference direction.
+
+    Per block: ``src - dst`` in integer pixels (`dx`, `dy`), the block centre relative to the frame
+    centre, its area and direction (0: reference in the past, 1: in the future). `owner[d]` maps each
+    cell to the block of direction d covering it, -1 where none does (intra blocks, I-frames).
+    Per-block work is then done once per block and spread to cells by one gather.
+    """
+
+    dx: np.ndarray
+    dy: np.ndarray
+    centres: np.ndarray  # [n, 2] (x, y)
+    area: np.ndarray
+    direction: np.ndarray
+    owner: np.ndarray  # [2, h, w] intp, so gathers need no index conversion
+
+    @property
+    def has_future(self) -> bool:
+        """Some block refers to a future frame (a B-frame's second direction)."""
+        return bool(self.direction.any())
+
+    def cell_map(self, values: np.ndarray, direction: int) -> np.ndarray:
+        """Per-block `values` spread over the cells of `direction`, NaN where no block covers a cell."""
+        table = np.empty(len(values) + 1, np.float32)
+        table[:-1] = values
+        table[-1] = np.nan  # owner -1 wraps to it
+        return np.take(table, self.owner[direction], mode="wrap")
+
+    def past_pointing(self) -> tuple[np.ndarray, np.ndarray]:
+        """Block vectors with future-pointing ones negated, so both mean "where the content was"."""
+        if not self.has_future:
+            return self.dx, self.dy
+        sign = (1 - 2 * self.direction).astype(np.float32)
+        return self.dx * sign, self.dy * sign
+
+
+_SHAPE_BASE = 64  # > any block side in cells (PyAV block sides are uint8 pixels)
+
+
+def rasterise(mvs: np.ndarray, frame_size: tuple[int, int]) -> MotionField:
+    """Map each exported block onto the 4x4-pixel cells it covers.
+
+    Blocks of one direction partition the frame, so plain assignment suffices; blocks are grouped by
+    size (a handful of partition shapes) so each group is one vectorised write. The grid is padded for
+    blocks that overhang the bottom/right edge (a partial last macroblock) and cropped afterwards.
+    """
+    height, width = frame_size
+    h, w = -(-height // CELL), -(-width // CELL)
+    bw = mvs["w"].astype(np.intp)
+    bh = mvs["h"].astype(np.intp)
+    x0 = (mvs["dst_x"] - bw // 2) // CELL
+    y0 = (mvs["dst_y"] - bh // 2) // CELL
+    if min(x0.min(initial=0), y0.min(initial=0)) < 0 or x0.max(initial=0) >= w or y0.max(initial=0) >= h:
+        ok = (x0 >= 0) & (y0 >= 0) & (x0 < w) & (y0 < h)
+        mvs, bw, bh, x0, y0 = mvs[ok], bw[ok], bh[ok], x0[ok], y0[ok]
+    direction = (mvs["source"] > 0).astype(np.intp)
+    nx = np.maximum(bw // CELL, 1)
+    ny = np.maximum(bh // CELL, 1)
+    pad_h = max(int((y0 + ny).max(initial=h)), h)
+    pad_w = max(int((x0 + nx).max(initial=w)), w)
+    owner = np.full(2 * pad_h * pad_w, -1, np.intp)
+    base = direction * (pad_h * pad_w) + y0 * pad_w + x0
+    shape_key = ny * _SHAPE_BASE + nx
+    for key in np.flatnonzero(np.bincount(shape_key)):  # ascending, as np.unique
+        sel = np.flatnonzero(shape_key == key)
+        owner[base[sel, None] + _block_offsets(int(key), pad_w)] = sel[:, None]
+    centres = np.empty((len(mvs), 2), np.float32)  # whole and half pixels: exact in float32
+    centres[:, 0] = mvs["dst_x"]
+    centres[:, 1] = mvs["dst_y"]
+    centres -= (width / 2, height / 2)
+    return MotionField(
+        dx=(mvs["src_x"] - mvs["dst_x"]).astype(np.float32),
+        dy=(mvs["src_y"] - mvs["dst_y"]).astype(np.float32),
+        centres=centres, area=(bw * bh).astype(np.float32), direction=direction,
+        owner=np.ascontiguousarray(owner.reshape(2, pad_h, pad_w)[:, :h, :w]),
+    )
+
+
+@functools.cache
+def _block_offsets(shape_key: int, stride: int) -> np.ndarray:
+    """Flat offsets of the cells of a block of `shape_key` (rows * _SHAPE_BASE + columns) from its
+    top-left cell, in a grid `stride` cells wide."""
+    rows, cols = divmod(shape_key, _SHAPE_BASE)
+    return (np.arange(rows)[:, None] * stride + np.arange(cols)).ravel()
+
+
+# ----------------------------------------------------------------------------- camera motion
+
+
+@dataclass(frozen=True)
+class CameraMotion:
+    """Similarity transform mapping a point to where it came from: ``src = s R(rot) p + t``."""
+
+    tx: float = 0.0
+    ty: float = 0.0
+    scale: float = 1.0
+    rotation: float = 0.0
+
+    def displacement(self, points: np.ndarray) -> np.ndarray:
+        """``src - dst`` the camera alone explains at `points` [N, 2] (x, y from the frame centre)."""
+        a = self.scale * math.cos(self.rotation) - 1.0
+        b = self.scale * math.sin(self.rotation)
+        x, y = points[:, 0], points[:, 1]
+        return np.stack([a * x - b * y + self.tx, b * x + a * y + self.ty], axis=1)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def _camera_none(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, trim: float) -> CameraMotion:
+    return CameraMotion()
+
+
+def _camera_median(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, trim: float) -> CameraMotion:
+    return CameraMotion(_weighted_median(disp[:, 0], weights), _weighted_median(disp[:, 1], weights))
+
+
+def _camera_similarity(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, trim: float,
+                       iters: int = 3) -> CameraMotion:
+    """Closed-form weighted least-squares similarity, refitted each round on the `1 - trim` fraction of
+    vectors it explains best, so a moving object does not drag the camera estimate.
+
+    In complex numbers the model is ``q = z p + t`` with ``z = s e^(i rot)``, and the fit on centred
+    points is ``z = sum(w conj(pc) qc) / sum(w |pc|^2)``: a few dot products per round.
+    """
+    if len(points) < 3:
+        return _camera_median(points, disp, weights, trim)
+    p_all = _complex(points)
+    q_all = p_all + _complex(disp)
+    keep = np.arange(len(points))
+    n_keep = max(3, int(round(len(points) * (1.0 - trim))))
+    for round_ in range(iters):
+        p, q, wt = p_all[keep], q_all[keep], weights[keep]
+        total = wt.sum()
+        p_mean, q_mean = np.dot(wt, p) / total, np.dot(wt, q) / total
+        pc = p - p_mean
+        weighted = wt * pc
+        z = np.vdot(weighted, q - q_mean) / max(np.vdot(weighted, pc).real, 1e-9)
+        t = q_mean - z * p_mean
+        if n_keep >= len(points) or round_ == iters - 1:
+            break
+        keep = np.argpartition(np.abs(z * p_all + t - q_all), n_keep - 1)[:n_keep]
+    return CameraMotion(float(t.real), float(t.imag), float(abs(z)), float(np.angle(z)))
+
+
+def _complex(xy: np.ndarray) -> np.ndarray:
+    """[N, 2] (x, y) as N complex numbers x + iy (a view when already contiguous float64)."""
+    return np.ascontiguousarray(xy, np.float64).view(np.complex128)[:, 0]
+
+
+CAMERA_MODELS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float], CameraMotion]] = {
+    "none": _camera_none,
+    "median": _camera_median,
+    "similarity": _camera_similarity,
+}
+
+
+def object_motion(field: MotionField, method: str, trim: float, max_fit: int = 192) -> np.ndarray:
+    """Per cell, |motion - camera motion| in pixels (mean over directions), NaN where no vector exists.
+
+    The camera model is fitted, area-weighted, on at most `max_fit` blocks taken at a fixed stride: a
+    global fit needs few vectors, and this runs for every sampled frame.
+    """
+    dx, dy = field.past_pointing()
+    fit = slice(None, None, max(1, -(-len(dx) // max_fit)))
+    camera = CAMERA_MODELS[method](field.centres[fit].astype(np.float64),
+                                   np.stack([dx[fit], dy[fit]], 1).astype(np.float64),
+                                   field.area[fit].astype(np.float64), trim)
+    cam = camera.displacement(field.centres)
+    magnitude = np.hypot(dx - cam[:, 0], dy - cam[:, 1]).astype(np.float32, copy=False)
+    past = field.cell_map(magnitude, 0)
+    if not field.has_future:
+        return past
+    future = field.cell_map(magnitude, 1)
+    # the mean where both sides have a vector, else the one that has: fmax and fmin skip NaN (and are
+    # far cheaper than np.where, which branches per cell)
+    both = np.fmax(past, future)
+    both += np.fmin(past, future, out=past)
+    both *= 0.5
+    return both
+
+
+# ----------------------------------------------------------------------------- residuals
+
+
+class _Luma:
+    """A decoded frame whose reduced luma is computed only if a residual needs it, then kept padded."""
+
+    def __init__(self, frame: av.VideoFrame, geo: _Geometry, scaler: VideoReformatter):
+        self.frame = frame
+        self.geo = geo
+        self.scaler = scaler  # shared, so swscale's context is built once per pass
+        self._luma: np.ndarray | None = None
+        self._padded: np.ndarray | None = None
+
+    def load(self) -> _Luma:
+        """Compute the luma now (while the frame is alive) and let the full-size pixels go."""
+        if self._luma is None:
+            h, w = self.geo.shape
+            small = self.scaler.reformat(self.frame, width=w, height=h, format="gray", interpolation="AREA",
+                                         threads=1)  # swscale's threads cost more than they save here
+            self._luma = small.to_ndarray().astype(np.float32)
+            self.frame = None
+        return self
+
+    @property
+    def luma(self) -> np.ndarray:
+        return self.load()._luma
+
+    @property
+    def padded(self) -> np.ndarray:
+        """Flattened, edge-padded luma: a reference that shifted reads never run off."""
+        if self._padded is None:
+            self._padded = _pad_edge(self.luma, self.geo.pad).ravel()
+        return self._padded
+
+
+def _pad_edge(image: np.ndarray, pad: int) -> np.ndarray:
+    """`np.pad(image, pad, mode="edge")`, several times faster for one 2-D image."""
+    h, w = image.shape
+    out = np.empty((h + 2 * pad, w + 2 * pad), image.dtype)
+    out[pad:pad + h, pad:pad + w] = image
+    out[:pad, pad:pad + w] = image[0]
+    out[pad + h:, pad:pad + w] = image[-1]
+    out[:, :pad] = out[:, pad:pad + 1]
+    out[:, pad + w:] = out[:, pad + w - 1:pad + w]
+    return out
+
+
+_FUTURE_WEIGHT = np.array([0.0, 0.0, 1.0, 0.5], np.float32)  # by has_past + 2 * has_future
+
+
+class _Geometry:
+    """Index arithmetic between the cell grid and the reduced luma grid, built once per pass.
+
+    Reduced luma pixels are viewed as `[h, k, w, k]` (cell row, row within, cell column, column within)
+    so per-cell shifts broadcast over their k x k pixels. References are edge-padded by `pad` pixels and
+    shifts clamped to it, so a motion-compensated read is one gather with no clipping.
+    """
+
+    def __init__(self, frame_size: tuple[int, int], scale: int, max_shift_px: int = 64):
+        height, width = frame_size
+        self.cells = h, w = -(-height // CELL), -(-width // CELL)
+        self.scale = scale
+        self.k = k = CELL // scale
+        self.shape = (h * k, w * k)
+        self.pad = max_shift_px // scale
+        stride = self.shape[1] + 2 * self.pad
+        self.stride = stride
+        rows = np.arange(self.shape[0], dtype=np.intp).reshape(h, k, 1, 1) + self.pad
+        cols = np.arange(self.shape[1], dtype=np.intp).reshape(1, 1, w, k) + self.pad
+        self.base = rows * stride + cols  # [h, k, w, k] index of each pixel in a padded reference
+
+    def view(self, luma: np.ndarray) -> np.ndarray:
+        h, w = self.cells
+        return luma.reshape(h, self.k, w, self.k)
+
+    def shift_table(self, field: MotionField) -> np.ndarray:
+        """Per block, the flat offset of its ``src - dst`` in a padded reference (rounded, clamped), then
+        a 0 (no shift) for the cells no block covers (owner -1 wraps to it)."""
+        table = np.zeros(len(field.dx) + 1, np.intp)
+        sx = np.clip(np.rint(field.dx / self.scale), -self.pad, self.pad)
+        sy = np.clip(np.rint(field.dy / self.scale), -self.pad, self.pad)
+        table[:-1] = sy * self.stride + sx  # whole numbers: the cast is exact
+        return table
+
+    def predict(self, reference: _Luma, shifts: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        """`reference` read where each cell's block points: `[h, k, w, k]`."""
+        h, w = self.cells
+        offsets = np.take(shifts, owner, mode="wrap").reshape(h, 1, w, 1)
+        return np.take(reference.padded, self.base + offsets)
+
+    def residual(self, cur: _Luma, field: MotionField | None, past: _Luma | None,
+                 future: _Luma | None) -> np.ndarray:
+        """Mean |current - prediction| per cell.
+
+        The prediction is the past reference read where each block's vector points, unshifted where no
+        vector covers a cell (a plain frame difference); B-frame cells with a future vector read the
+        future reference instead, or the average of both where they have two.
+        """
+        h, w = self.cells
+        if past is None:
+            return np.zeros(self.cells, np.float32)  # the stream's first frame: nothing to differ from
+        if field is None:
+            diff = self.view(cur.luma) - self.view(past.luma)
+        else:
+            shifts = self.shift_table(field)
+            diff = self.predict(past, shifts, field.owner[0])
+            if future is not None and field.has_future:
+                # weight of the future read: 0 without a future vector, 1 with only one, 0.5 with both;
+                # lumas are whole numbers, so past + weight * (future - past) is exact
+                ahead = self.predict(future, shifts, field.owner[1])
+                sides = (field.owner[0] >= 0) + 2 * (field.owner[1] >= 0)
+                ahead -= diff
+                ahead *= np.take(_FUTURE_WEIGHT, sides).reshape(h, 1, w, 1)
+                diff += ahead
+            np.subtract(self.view(cur.luma), diff, out=diff)
+        diff = np.abs(diff, out=diff)
+        return diff.reshape(h, w) if self.k == 1 else diff.sum(axis=(1, 3)) / (self.k * self.k)
+
+
+# ----------------------------------------------------------------------------- normalisation and fusion
+
+
+def _fuse_mean(m: np.ndarray, r: np.ndarray, wm: float, wr: float) -> np.ndarray:
+    m *= wm
+    m += np.multiply(r, wr, out=r)
+    m /= wm + wr
+    return m
+
+
+def _fuse_max(m: np.ndarray, r: np.ndarray, wm: float, wr: float) -> np.ndarray:
+    return np.maximum(m, r, out=m)
+
+
+def _fuse_geomean(m: np.ndarray, r: np.ndarray, wm: float, wr: float) -> np.ndarray:
+    m **= wm / (wm + wr)
+    m *= np.power(r, wr / (wm + wr), out=r)
+    return m
+
+
+# Fusions of normalised motion `m` and residual `r` (weights `wm`, `wr`); they work in place on both.
+FUSIONS: dict[str, Callable[[np.ndarray, np.ndarray, float, float], np.ndarray]] = {
+    "mean": _fuse_mean,
+    "max": _fuse_max,
+    "geomean": _fuse_geomean,
+}
+_NORM_GROUPS: dict[str, Callable[[np.ndarray], int]] = {"clip": lambda maps: 1, "frame": len}
+
+
+def normalise(maps: np.ndarray, percentile: float, floor: float, scope: str,
+              max_samples: int = 1 << 16) -> np.ndarray:
+    """Divide by the `percentile` (over the clip or per frame, NaN ignored) or `floor`; clip to [0, 1].
+
+    The percentile is taken on a fixed-stride sample of at most `max_samples` cells per group: exact
+    enough for a scale, and cheap next to decoding.
+    """
+    groups = maps.reshape(_NORM_GROUPS[scope](maps), -1)
+    stride = max(1, -(-groups.shape[1] // max_samples))
+    sample = groups[:, ::stride]
+    valid = ~np.isnan(sample)
+    ref = np.array([np.percentile(row[ok], percentile) if ok.any() else 0.0
+                    for row, ok in zip(sample, valid, strict=True)])
+    scale = np.maximum(ref, floor).astype(np.float32).reshape(-1, *([1] * (maps.ndim - 1)))
+    scaled = np.divide(maps, scale)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def fuse(motion: np.ndarray, residual: np.ndarray, cfg: CodecConfig) -> np.ndarray:
+    """Fused saliency in [0, 1].
+
+    Where the clip has vectors, a cell without one (I-frame, intra block) counts as still: an I-frame's
+    difference to the previous frame is mostly the requantisation of a fresh start. A clip without any
+    vector is scored by its residual alone.
+    """
+    r = normalise(residual, cfg.percentile, cfg.residual_floor, cfg.norm_scope)
+    if np.isnan(motion).all():
+        return r.astype(np.float32, copy=False)
+    m = normalise(motion, cfg.percentile, cfg.motion_floor, cfg.norm_scope)
+    np.fmax(m, 0.0, out=m)  # NaN (no vector) -> 0: still; cheaper than np.nan_to_num
+    return FUSIONS[cfg.fusion](m, r, cfg.motion_weight, cfg.residual_weight).astype(np.float32, copy=False)
+
+
+def active_cells(motion: np.ndarray, residual: np.ndarray, cfg: CodecConfig) -> int:
+    """Cells where motion or residual exceeds its noise floor (NaN motion counts as still)."""
+    return int(np.count_nonzero((motion >= cfg.motion_floor) | (residual >= cfg.residual_floor)))
+
+
+# ----------------------------------------------------------------------------- frame plan and decoding
+
+
+def plan_slots(n_frames: int, num_slots: int,
+               jitter: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(frame offsets within the clip, temporal slots) for `num_slots` frames at linspace.
+
+    A clip of at least `num_slots` frames gives one distinct frame per slot. A shorter clip keeps every
+    frame once, spread over the slot grid at linspace so that t keeps meaning "fraction of the clip";
+    the slots in between stay empty (no patch can be selected there). `jitter` (a training view: one
+    fraction in [0, 1) per slot) moves slot i's frame to that fraction of the i-th of `num_slots` equal
+    chunks of the clip instead, still one distinct frame per slot.
+    """
+    if n_frames < 1:
+        raise ValueError("the clip has no decodable frame")
+    if n_frames >= num_slots:
+        if jitter is not None:
+            bounds = np.arange(num_slots + 1) * n_frames // num_slots  # whole-frame chunks: no repeats
+            frames = bounds[:-1] + np.floor(jitter * np.diff(bounds)).astype(np.int64)
+            return frames, np.arange(num_slots, dtype=np.int64)
+        frames = np.rint(np.linspace(0, n_frames - 1, num_slots)).astype(np.int64)
+        return frames, np.arange(num_slots, dtype=np.int64)
+    slots = np.rint(np.linspace(0, num_slots - 1, n_frames)).astype(np.int64)
+    return np.arange(n_frames, dtype=np.int64), slots
+
+
+def frame_threads_safe(stream: av.video.stream.VideoStream) -> bool:
+    """Whether frame threads may decode `stream` with motion vectors: not if it reorders frames
+    (B-frames), where frame threading attaches vectors to the wrong frames or drops them (seen with x264
+    B-frames)."""
+    return not stream.codec_context.has_b_frames
+
+
+def _decode_ahead(frames: Generator[av.VideoFrame, None, None], depth: int = 4) -> Iterator[av.VideoFrame]:
+    """`frames`, decoded up to `depth` ahead on a thread of their own: the pipelining that frame threads
+    give a plain decode, for streams that must decode without them (PyAV releases the GIL meanwhile)."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    halt = threading.Event()
+
+    def produce() -> None:
+        try:
+            with contextlib.closing(frames):
+                for frame in frames:
+                    ahead.put(frame)
+                    if halt.is_set():
+                        return
+            ahead.put(None)
+        except BaseException as err:  # re-raised in the consumer
+            ahead.put(err)
+
+    producer = threading.Thread(target=produce, name="codec-decode", daemon=True)
+    producer.start()
+    try:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # stop the producer before the caller closes the container
+        halt.set()
+        while producer.is_alive():
+            with contextlib.suppress(queue.Empty):
+                ahead.get(timeout=0.01)
+
+
+class _Unaligned(Exception):
+    """Frame timestamps after a seek do not give frame indices (variable frame rate, leading frames)."""
+
+
+def _seek(container: av.container.InputContainer, stream: av.VideoStream,
+          first: int) -> Callable[[av.VideoFrame], int] | None:
+    """Seek to the last keyframe before frame `first`; returns a frame's index from its timestamp, or
+    None (no seek) where the stream gives no constant frame rate to count with."""
+    if not stream.average_rate or not stream.time_base:
+        return None
+    origin = stream.start_time or 0
+    per_frame = 1 / (stream.average_rate * stream.time_base)  # timestamp units per frame
+    try:
+        container.seek(origin + int((first - 1) * per_frame), backward=True, any_frame=False, stream=stream)
+    except av.FFmpegError:  # not seekable: the position is unchanged, decode from the start
+        return None
+    return lambda frame: -1 if frame.pts is None else round((frame.pts - origin) / per_frame)
+
+
+def count_frames(path: Path) -> int:
+    """Video packets in the file: cheap (no decoding) and, unlike header counts, right for broken files."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+@dataclass
+class _PassResult:
+    pixels: list[np.ndarray | None]
+    motion: np.ndarray | None = None
+    residual: np.ndarray | None = None
+    contrast: np.ndarray | None = None
+    decoded: int = 0
+    active: int = 0  # cells above a noise floor, over the sampled frames that have a reference
+    compared: int = 0  # cells of those frames
+    any_vectors: bool = False
+    size: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class _Sampled:
+    """A sampled frame as its maps need it: reduced luma, motion vectors and references."""
+
+    row: int
+    luma: _Luma
+    mvs: np.ndarray | None
+    past: _Luma | None
+    future: _Luma | None = None
+
+
+class _DecodePass:
+    """One sequential decode filling the maps of the `wanted` frames (frame index -> row).
+
+    Decoding only collects what the maps need (vectors and reduced luma of each sampled frame and its
+    references); the numpy work then runs on `_BATCH` frames at a time, away from the decoder and the
+    caller's `keep`, which evict its caches (about 10% cheaper than analysing each frame as it comes).
+    B-frames are shown before the later anchor (I/P frame) they also predict from, so a sampled B-frame
+    with future vectors waits until that anchor is decoded; memory stays bounded by `_BATCH` frames and
+    the few between anchors. Such streams decode without frame threads (`frame_threads_safe`), ahead on
+    a thread of their own instead (`_decode_ahead`).
+    """
+
+    def __init__(self, wanted: dict[int, int], cfg: CodecConfig,
+                 keep: Callable[[av.VideoFrame], np.ndarray] | None):
+        self.wanted, self.cfg, self.keep = wanted, cfg, keep
+        self.out = _PassResult(pixels=[None] * len(wanted))
+        self.geo: _Geometry | None = None
+        self.anchor: _Luma | None = None  # the last non-B frame: the past reference
+        self.ready: list[_Sampled] = []
+        self.waiting: list[_Sampled] = []  # B-frames waiting for their future anchor
+        self.scaler = VideoReformatter()
+
+    def run(self, path: Path, stop: int, first: int = 0) -> _PassResult:
+        """Decode up to frame `stop`; with `first` > 0, from the last keyframe before frame `first`
+        (raises `_Unaligned` where frame timestamps do not give frame indices: decode from the start)."""
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = {"flags2": "+export_mvs"}
+            threaded = frame_threads_safe(stream)
+            stream.thread_type = "AUTO" if threaded else "SLICE"
+            index = _seek(container, stream, first) if first > 1 else None
+            frames = container.decode(stream)
+            with contextlib.closing(frames if threaded else _decode_ahead(frames)) as decoded:
+                for frame in decoded:
+                    if self.out.decoded >= stop:
+                        break
+                    if index is not None:  # the frame's place in the whole stream, from its timestamp
+                        at = index(frame)
+                        if self.geo is None:  # the first frame: it must precede frame `first`
+                            self.out.decoded = at if 0 <= at < first else -1
+                        if at != self.out.decoded:
+                            raise _Unaligned
+                    self._frame(frame, self.out.decoded)
+                    self.out.decoded += 1
+                    if len(self.ready) >= _BATCH:
+                        self._analyse()
+        self.ready += self.waiting  # the stream ended before their future anchor
+        self._analyse()
+        return self.out
+
+    def _frame(self, frame: av.VideoFrame, index: int) -> None:
+        out = self.out
+        if self.geo is None:
+            out.size = (frame.height, frame.width)
+            self.geo = _Geometry(out.size, self.cfg.residual_scale)
+            out.motion = np.full((len(self.wanted), *self.geo.cells), np.nan, np.float32)
+            out.residual = np.zeros((len(self.wanted), *self.geo.cells), np.float32)
+            out.contrast = np.zeros(len(self.wanted), np.float32)
+        current = _Luma(frame, self.geo, self.scaler)
+        is_anchor = frame.pict_type != PictureType.B
+        if is_anchor and self.waiting:
+            for sample in self.waiting:
+                sample.future = current.load()
+            self.ready += self.waiting
+            self.waiting = []
+        row = self.wanted.get(index)
+        if row is not None:
+            mvs = motion_vectors(frame)
+            mvs = mvs if mvs is not None and len(mvs) else None
+            sample = _Sampled(row, current.load(), mvs, self.anchor and self.anchor.load())
+            out.contrast[row] = sample.luma.luma.std()
+            if self.keep is not None:
+                out.pixels[row] = self.keep(frame)
+            future = not is_anchor and mvs is not None and bool((mvs["source"] > 0).any())
+            (self.waiting if future else self.ready).append(sample)
+        if is_anchor:
+            self.anchor = current
+
+    def _analyse(self) -> None:
+        """Motion and residual maps of the frames collected so far."""
+        out, cfg = self.out, self.cfg
+        for sample in self.ready:
+            row, field = sample.row, None
+            if sample.mvs is not None:
+                out.any_vectors = True
+                field = rasterise(sample.mvs, out.size)
+                out.motion[row] = object_motion(field, cfg.camera, cfg.camera_trim)
+            residual = self.geo.residual(sample.luma, field, sample.past, sample.future)
+            if cfg.residual_baseline > 0:
+                floor = cfg.residual_baseline * _median(residual.ravel()[::7])
+                np.maximum(residual - floor, 0.0, out=out.residual[row])
+            else:
+                out.residual[row] = residual
+            if sample.past is not None:
+                out.active += active_cells(out.motion[row], out.residual[row], cfg)
+                out.compared += residual.size
+        self.ready = []
+
+
+_BATCH = 16  # sampled frames analysed together
+
+
+def _median(values: np.ndarray) -> float:
+    """`np.median` of a 1-D float array without NaN; numpy's vectorised sort beats its partition here
+    (residuals hold few distinct values)."""
+    ordered = np.sort(values)
+    k = ordered.size // 2
+    return float(ordered[k] if ordered.size % 2 else (ordered[k - 1] + ordered[k]) / 2)
+
+
+def _names_the_file(analysis: Callable[..., _T]) -> Callable[..., _T]:
+    """Errors of the decoder (raised here or on the decode-ahead thread) and of a stream the analysis cannot
+    make sense of become `VideoDecodeError`s naming the file, so the bad-clip policy applies to codec
+    sampling as to any other decode."""
+
+    @functools.wraps(analysis)
+    def wrapped(path: str | Path, *args, **kwargs) -> _T:
+        try:
+            return analysis(path, *args, **kwargs)
+        except VideoDecodeError:
+            raise
+        except (av.FFmpegError, OSError, EOFError, IndexError, ValueError, RuntimeError) as err:
+            raise VideoDecodeError(path, f"codec analysis failed ({type(err).__name__}: {err}); the file may "
+                                   "be damaged: re-encode it") from err
+
+    return wrapped
+
+
+@_names_the_file
+def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int | None = None,
+            end_frame: int | None = None, keep: Callable[[av.VideoFrame], np.ndarray] | None = None,
+            jitter: np.ndarray | None = None, seek: bool = True) -> tuple[CodecMaps, list[np.ndarray] | None]:
+    """Codec saliency maps of the clip ``[start_frame, end_frame)`` of `path`, in one decode pass.
+
+    `keep`, if given, converts each sampled frame (e.g. to resized RGB) so callers need not decode
+    again; its outputs come back in row order. The pass decodes every frame in order (motion vectors
+    need them) from the last keyframe before `start_frame` (`seek`; from the start of the file where
+    timestamps do not number the frames) and stops at `end_frame`: a segment of a long video costs
+    the segment, not the video. The maps are the same either way. If the file holds fewer (or, without
+    `end_frame`, more) frames than its packets promised, the frames are re-planned and decoded again.
+    `jitter` moves the sampled frames within their chunks (`plan_slots`: training views).
+    """
+    path, cfg = Path(path), cfg or CodecConfig()
+    start = start_frame or 0
+    n = (end_frame if end_frame is not None else count_frames(path)) - start
+    if n < 1:
+        raise ValueError(f"{path}: the clip [{start}, {end_frame}) holds no frame")
+    stop = end_frame if end_frame is not None else 1 << 62
+    for _attempt in range(2):
+        offsets, slots = plan_slots(n, cfg.num_frames, jitter)
+        wanted = {start + int(o): i for i, o in enumerate(offsets)}
+        try:  # a segment of a long video: decode from the keyframe before it, not from the start
+            result = _DecodePass(wanted, cfg, keep).run(path, stop, start if seek else 0)
+        except _Unaligned:
+            result = _DecodePass(wanted, cfg, keep).run(path, stop)
+        available = result.decoded - start
+        if available == n:
+            break
+        if available < 1:
+            raise ValueError(f"{path}: no frame decodes in [{start}, {end_frame}); the file may be damaged")
+        log.warning("%s: expected %d frames in [%d, %s), decoded %d; re-planning the sampled frames",
+                    path, n, start, end_frame, max(available, 0))
+        n = available
+    else:
+        raise RuntimeError(f"{path}: frame count unstable across two decodes; the file may be damaged")
+    if not result.any_vectors:  # counted per run by the caller (`SampledClip.signals`), not warned per file
+        log.debug("%s: the codec exports no motion vectors; scoring patches by residual energy only", path)
+    level = result.active / max(result.compared, 1)
+    fused = fuse(result.motion, result.residual, cfg)
+    fused *= 255
+    maps = CodecMaps(
+        fused=np.rint(fused, out=fused).astype(np.uint8),
+        frame_indices=start + offsets, slots=slots, num_slots=cfg.num_frames, frame_size=result.size,
+        signals="motion+residual" if result.any_vectors else "residual",
+        activity=level, static=level < cfg.static_activity, motion=result.motion, residual=result.residual,
+        contrast=result.contrast,
+    )
+    return maps, (result.pixels if keep is not None else None)
+
+
+# ----------------------------------------------------------------------------- per-patch scores
+
+
+def _overlaps(start: float, length: float, parts: int, cells: int) -> np.ndarray:
+    """[parts, cells] length of each patch interval falling in each cell (cell units)."""
+    edges = start + length * np.arange(parts + 1) / parts
+    j = np.arange(cells)
+    return np.clip(np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j), 0.0, None)
+
+
+def patch_scores(maps: CodecMaps, grid: tuple[int, int], crop: Box) -> np.ndarray:
+    """`[num_slots, Hp, Wp]` integral of the fused map over each patch; NaN on slots without a frame.
+
+    `crop` (top, left, height, width in source pixels, see `crop_box`) is the part of the frame the
+    pixels keep, split into the Hp x Wp patch grid. Cells cut by a patch edge count in proportion to
+    their overlap, so the map is resized and cropped exactly like the pixels.
+    """
+    top, left, height, width = crop
+    rows = _overlaps(top / CELL, height / CELL, grid[0], maps.fused.shape[1])
+    cols = _overlaps(left / CELL, width / CELL, grid[1], maps.fused.shape[2])
+    (r0, r1), (c0, c1) = _support(rows), _support(cols)  # only the cells the crop touches
+    saliency = (maps.fused[:, r0:r1, c0:c1] / np.float32(255)).astype(np.float64)  # `maps.saliency`
+    scores = np.full((maps.num_slots, *grid), np.nan)
+    # one small product per frame: a single large one would be multi-threaded by BLAS, and a busy
+    # second core then stalls it for milliseconds
+    scores[maps.slots] = rows[:, r0:r1] @ saliency @ cols[:, c0:c1].T
+    return scores
+
+
+def _support(weights: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last column of `weights` with a non-zero entry."""
+    nonzero = np.flatnonzero(weights.any(axis=0))
+    return int(nonzero[0]), int(nonzero[-1]) + 1
+
+
+def crop_box(frame_size: tuple[int, int], size: int, position: float = 0.5) -> Box:
+    """(top, left, height, width) in source pixels of the square `tasks.decode.video.resize_shorter_side` then
+    `crop_square(size, position)` keep, so maps are cropped exactly like the pixels."""
+    height, width = frame_size
+    scale = size / min(height, width)
+    out_h, out_w = max(size, round(height * scale)), max(size, round(width * scale))
+    top = round((out_h - size) * (position if out_h > out_w else 0.5))
+    left = round((out_w - size) * (position if out_w >= out_h else 0.5))
+    sy, sx = height / out_h, width / out_w
+    return top * sy, left * sx, size * sy, size * sx
