@@ -17,7 +17,7 @@ from probe.training.evaluate import aggregate_views, original_test_reads
 from probe.training.train import HeadConfig, Recipe, train_probe_grid
 from tasks import Clip, open_video
 from tasks.sampling.samplers import INDEX_RULES, UniformSampler
-from tests.test_run import small_overrides
+from tests.test_run import small, small_overrides
 from tests.test_train import FRAMES, temporal_order_features
 
 # ovprobe's task name -> the original's dataset name (common.sh DEFAULT_DATASETS)
@@ -231,3 +231,12 @@ def test_reference_tokens_with_a_patch_budget_are_refused_before_work(tmp_path) 
     config = compose_config([*overrides, "sampling=random"])
     with pytest.raises(ValueError, match=r"reference=true \(implied by protocol=original\).*whole frames"):
         run(config)
+
+
+def test_the_index_rule_keys_the_feature_store(tmp_path) -> None:
+    centred = run(small(tmp_path))
+    original = run(small(tmp_path, "sampling.args.index_rule=original"))
+    assert centred["config"]["sampling"]["args"]["index_rule"] == "centred"
+    assert original["protocol"]["index_rule"] == "original"
+    assert original["data"]["eval_features"] != centred["data"]["eval_features"]
+    assert original["data"]["train_features"] != centred["data"]["train_features"]

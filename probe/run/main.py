@@ -418,6 +418,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     check_task(config, task)
     backbone_args = resolve_dtype(config["backbone"]["args"], device)
     backbone = create_backbone(config["backbone"]["name"], **backbone_args).to(device)
+    check_whole_frames(config, backbone)
     identity = run_identity(config, backbone, task)
     slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
     if slot.existing is not None:
@@ -429,7 +430,6 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
         log.warning(
             "%s has RANDOM weights: numbers measure the pipeline, not a pretrained model", backbone.name
         )
-    check_whole_frames(config, backbone)
     sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
     budget, _ = patch_budget(config["sampling"], backbone)
     grid = backbone.preprocess.size // backbone.patch_size
