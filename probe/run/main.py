@@ -45,7 +45,13 @@ from probe.report.results import format_table, record_row
 from probe.run.schema import ConfigError, check_run_config
 from probe.run.stream import StreamingFeatures
 from probe.store.features import FeatureStore, clips_digest, extract_features
-from probe.training.evaluate import classification_metrics, clip_outcomes, per_view_top1, predict
+from probe.training.evaluate import (
+    ORIGINAL_TEST_SEED,
+    classification_metrics,
+    clip_outcomes,
+    per_view_top1,
+    predict,
+)
 from probe.training.kept import load_probe, probe_files
 from probe.training.train import GridResult, HeadConfig, Recipe, split_train_val, train_probe_grid
 from tasks import (
@@ -313,7 +319,7 @@ def protocol_record(config: dict[str, Any], result: GridResult) -> dict[str, Any
     """Which protocol ran and the settings that make its number what it is (README, "Comparing with
     published numbers")."""
     recipe = config["probe"]["recipe"]
-    return {
+    out = {
         "name": config["protocol"]["name"],
         "selection": result.selected.rule,
         "train_fraction": 1.0 - recipe["val_fraction"],
@@ -323,7 +329,34 @@ def protocol_record(config: dict[str, Any], result: GridResult) -> dict[str, Any
         "wds": recipe["wds"],
         "head": config["probe"]["head"]["kind"],
         "extract_mode": config["extract"]["mode"],
+        "drop_last": recipe["drop_last"],
+        # how uniform frames were placed in their chunks (`sampling.args.index_rule`; None: other samplers)
+        "index_rule": config["sampling"]["args"].get("index_rule"),
+        # the image backbones' original input size and tokens (`backbone.args.reference`, implied by
+        # protocol=original); None: the backbone has no such setting
+        "backbone_reference": config["backbone"]["args"].get("reference"),
     }
+    if recipe["coverage_ranks"]:
+        out["original_coverage"] = (
+            "metrics.original_coverage.top1: max over test epochs of the top-1 over the test clips the "
+            f"original's test loader reads on {recipe['coverage_ranks']} ranks (a per-rank permutation "
+            f"seeded {ORIGINAL_TEST_SEED} + rank + epoch, about 66% of the clips, some several times); "
+            "full_set_top1: every test clip once, same epoch"
+        )
+    return out
+
+
+def check_whole_frames(config: dict[str, Any], backbone: Backbone) -> None:
+    """A backbone that keeps each frame's class/register tokens needs whole frames: refused before any work
+    with a patch-budget sampler (`backbone.args.reference`, which protocol=original implies)."""
+    if backbone.prefix_kept and config["sampling"]["name"] != "uniform":
+        implied = " (implied by protocol=original)" if config["protocol"].get("reference") else ""
+        raise ConfigError(
+            f"backbone.args.reference=true{implied} or keep_prefix=true keeps {backbone.name}'s class/"
+            f"register tokens, which needs whole frames, but sampling={config['sampling']['name']} keeps "
+            "patches; set "
+            "backbone.args.reference=false backbone.args.keep_prefix=false, or use sampling=uniform"
+        )
 
 
 def head_config(
@@ -385,6 +418,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     check_task(config, task)
     backbone_args = resolve_dtype(config["backbone"]["args"], device)
     backbone = create_backbone(config["backbone"]["name"], **backbone_args).to(device)
+    check_whole_frames(config, backbone)
     identity = run_identity(config, backbone, task)
     slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
     if slot.existing is not None:

@@ -137,6 +137,8 @@ class Recipe:
     view_space: ViewSpace = ViewSpace.logit
     bootstrap: int = field(default=1000, metadata=_at_least(0))
     grid: GridTrainer = GridTrainer.auto
+    drop_last: bool = False
+    coverage_ranks: int = field(default=0, metadata=_at_least(0))
 
 
 @dataclass

@@ -115,6 +115,26 @@ def read_outcomes(entry: dict[str, Any]) -> np.ndarray:
     return bits[: entry["count"]].astype(bool)
 
 
+ORIGINAL_TEST_SEED = 1024  # the seed `attentive_probe.py` gives its test loader
+
+
+def original_test_reads(num_clips: int, rank_batch: int, ranks: int, epoch: int,
+                        seed: int = ORIGINAL_TEST_SEED) -> np.ndarray:
+    """The test clips (indices into the list, repeats kept) that the original suite's test loader reads in
+    its evaluation number `epoch` (0-based) over `ranks` processes of `rank_batch` clips a batch.
+
+    Its `VideoExternalSource` (`dataloader/ap_dataloader_dali.py`) permutes the whole list on every rank
+    with `default_rng(seed + rank + epoch)` and reads positions `shard * rank` onwards of that permutation,
+    for `shard // rank_batch` whole batches, where `shard = num_clips // ranks`; its accuracy is then over
+    all ranks' reads. So each evaluation reads about 1 - (1 - 1/ranks)^ranks of the clips (66% at 8),
+    some several times, and a different subset each epoch.
+    """
+    shard = num_clips // ranks
+    length = shard // rank_batch * rank_batch
+    perms = [np.random.default_rng(seed=seed + rank + epoch).permutation(num_clips) for rank in range(ranks)]
+    return np.concatenate([perm[shard * rank : shard * rank + length] for rank, perm in enumerate(perms)])
+
+
 @dataclass(frozen=True)
 class Metrics:
     top1: float

@@ -50,6 +50,7 @@ from probe.training.evaluate import (
     aggregate_views,
     autocast,
     classification_metrics,
+    original_test_reads,
     per_view_top1,
     predict,
     topk_accuracy,
@@ -117,12 +118,23 @@ class Recipe:
     # "auto": the grid as one stacked module where the head allows (`probe.training.grid`), else one after
     # the other; "stacked" or "loop" force one (same numbers up to float rounding).
     grid: str = "auto"
+    # True: an epoch trains on whole global batches only (len // batch_size steps), as the original's
+    # loader reads whole per-GPU batches; False: the last partial batch too.
+    drop_last: bool = False
+    # > 0: also score, every epoch, the test clips the original's test loader reads over this many ranks
+    # (`original_test_reads`) at a per-rank batch of batch_size // ranks (`GridResult.original_coverage`).
+    coverage_ranks: int = 0
 
     def __post_init__(self) -> None:
         if self.grid not in GRID_TRAINERS:
             raise ValueError(f"recipe.grid={self.grid!r}; choose one of {', '.join(GRID_TRAINERS)}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"recipe.selection={self.selection!r}; choose one of {', '.join(SELECTIONS)}")
+        if self.coverage_ranks < 0 or (self.coverage_ranks and self.batch_size % self.coverage_ranks):
+            raise ValueError(f"recipe.coverage_ranks={self.coverage_ranks} must be 0 or divide "
+                             f"recipe.batch_size={self.batch_size} (the original loader's per-rank batch)")
+        if self.coverage_ranks and not self.track_test:
+            raise ValueError("recipe.coverage_ranks reads the test split every epoch: set track_test=true")
         if self.selection == "test_max" and (self.val_fraction != 0 or not self.track_test):
             raise ValueError(
                 "recipe.selection=test_max trains on the whole training split and reads the "
@@ -149,6 +161,8 @@ class EpochStats:
     val_loss: float | None
     test_top1: float | None  # never used for selection
     lr: float  # at the end of the epoch
+    # the test top-1 over the clips the original's test loader reads this epoch (`recipe.coverage_ranks`)
+    coverage_top1: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,9 @@ class GridResult:
     test: Metrics  # of the selected probe state, evaluated once
     test_per_view_top1: list[float]
     best_test_over_grid: GridMaximum | None
+    # Under `recipe.coverage_ranks`: the original's number as its test loader reads the split (max over
+    # epochs and probes of `coverage_top1`) beside the full-set top-1 at that epoch (`original_coverage`).
+    original_coverage: dict[str, Any] | None
     num_train: int
     num_val: int
     num_test: int
@@ -415,7 +432,16 @@ def train_probe_grid(
     started = time.perf_counter()
     specs = probe_grid(recipe)
     train_idx, val_idx = split_train_val(train.labels, recipe.val_fraction, recipe.seed)
-    steps_per_epoch = math.ceil(len(train_idx) / recipe.batch_size)
+    steps_per_epoch = (len(train_idx) // recipe.batch_size if recipe.drop_last
+                       else math.ceil(len(train_idx) / recipe.batch_size))
+    rank_batch = recipe.batch_size // recipe.coverage_ranks if recipe.coverage_ranks else 0
+    if rank_batch and test.num_clips // recipe.coverage_ranks < rank_batch:
+        raise ValueError(f"recipe.coverage_ranks={recipe.coverage_ranks}: the original's test loader reads "
+                         f"no whole batch of {rank_batch} out of {test.num_clips} test clips; set "
+                         "coverage_ranks=0")
+    if steps_per_epoch < 1:
+        raise ValueError(f"recipe.drop_last with {len(train_idx)} training clips and batch_size "
+                         f"{recipe.batch_size} leaves no whole batch; lower probe.recipe.batch_size")
     total_steps = recipe.epochs * steps_per_epoch
     grid = make_grid(specs, train.embed_dim, num_classes, head, recipe, total_steps, device)
     curves: dict[str, list[EpochStats]] = {s.name: [] for s in specs}
@@ -494,6 +520,7 @@ def train_probe_grid(
         test=metrics,
         test_per_view_top1=per_view_top1(logits, test.labels),
         best_test_over_grid=_grid_maximum(curves),
+        original_coverage=_coverage_maximum(curves, test.num_clips, recipe),
         num_train=len(train_idx),
         num_val=len(val_idx),
         num_test=test.num_clips,
@@ -526,6 +553,8 @@ def _train_epoch(
     for module in grid.modules:
         module.train()
     world, rank = distributed.world_size(), distributed.rank()
+    if recipe.drop_last:
+        order = order[: len(order) - len(order) % recipe.batch_size]
     for start in range(0, len(order), recipe.batch_size):
         size = min(recipe.batch_size, len(order) - start)
         sl = slice(start + size * rank // world, start + size * (rank + 1) // world)
@@ -579,6 +608,10 @@ def _score(
     test_logits = None
     if recipe.track_test:
         test_logits = predict(grid.modules, test, np.arange(test.num_clips), device, recipe.eval_batch_size)
+    reads = None
+    if recipe.coverage_ranks:
+        reads = original_test_reads(test.num_clips, recipe.batch_size // recipe.coverage_ranks,
+                                    recipe.coverage_ranks, epoch)
     out = []
     for p, lr in enumerate(grid.lrs()):
         logp = None if val_logits is None else aggregate_views(val_logits[p], recipe.view_space)
@@ -592,6 +625,9 @@ def _score(
                 if test_logits is None
                 else _top1(test_logits[p], test.labels, recipe.view_space),
                 lr=lr,
+                coverage_top1=None
+                if reads is None
+                else _top1(test_logits[p][reads], test.labels[reads], recipe.view_space),
             )
         )
     return out
@@ -609,6 +645,29 @@ def _grid_maximum(curves: dict[str, list[EpochStats]]) -> GridMaximum | None:
         return None
     top1, name, epoch = max(tracked, key=lambda t: t[0])
     return GridMaximum(top1, name, epoch)
+
+
+def _coverage_maximum(
+    curves: dict[str, list[EpochStats]], num_test: int, recipe: Recipe
+) -> dict[str, Any] | None:
+    """`metrics.original_coverage`: the best `coverage_top1` over epochs and probes (ties: earlier), the
+    full-set top-1 of that probe at that epoch, and what the original's loader read then."""
+    tracked = [(s.coverage_top1, -s.epoch, name) for name, c in curves.items() for s in c
+               if s.coverage_top1 is not None]
+    if not tracked:
+        return None
+    top1, neg_epoch, name = max(tracked)
+    epoch = -neg_epoch
+    reads = original_test_reads(num_test, recipe.batch_size // recipe.coverage_ranks, recipe.coverage_ranks,
+                                epoch - 1)
+    return {
+        "top1": top1,
+        "epoch": epoch,
+        "full_set_top1": curves[name][epoch - 1].test_top1,
+        "ranks": recipe.coverage_ranks,
+        "clips_read": int(len(np.unique(reads))),
+        "reads": int(len(reads)),
+    }
 
 
 def _log_epoch(

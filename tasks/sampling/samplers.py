@@ -110,6 +110,25 @@ def chunk_indices(start: int, stop: int, num_frames: int, offsets: np.ndarray) -
     return np.clip(idx, start, stop - 1)
 
 
+def original_indices(start: int, stop: int, num_frames: int, offsets: np.ndarray) -> np.ndarray:
+    """The original suite's frame rule (`_get_frame_indices` of its `dataloader/ap_dataloader_dali.py`):
+    chunks of `seg = (n - 1) / T` over the span's n frames, chunk i giving `int(seg * i + seg * offsets[i])`
+    (its test frame: offset 1/2; its training frame: a uniform offset, so never frame n - 1). A span
+    shorter than T is read whole, then its last frame repeated."""
+    length = stop - start
+    if length < num_frames:
+        return start + np.minimum(np.arange(num_frames), length - 1)
+    seg = (length - 1) / num_frames
+    return start + (seg * np.arange(num_frames) + seg * np.asarray(offsets)).astype(np.int64)
+
+
+# How a uniform sampler turns chunk offsets into frame indices (`sampling.args.index_rule`).
+INDEX_RULES: dict[str, Callable[[int, int, int, np.ndarray], np.ndarray]] = {
+    "centred": chunk_indices,
+    "original": original_indices,
+}
+
+
 def frame_span(clip: Clip, reader: VideoReader) -> Clip:
     """`clip` with its span in seconds (`start_time`/`end_time`) turned into decoded frames by the video's
     own frame timestamps (`VideoReader.frames_between`); every sampler places a time span through here.
@@ -182,16 +201,21 @@ class UniformSampler(SamplerConfig):
     Frames are resized (shorter side, bicubic) and cropped once, after decoding the sampled frames only.
     On a temporal grid (OneVision) `temporal_positions="decoded"` puts each frame at the slot of its own
     decoded index (`decoded_slots`, the original suite's rule); `"spread"` at fixed slots
-    (`temporal_positions`) whatever frame was decoded.
+    (`temporal_positions`) whatever frame was decoded. `index_rule` places the frame in its chunk:
+    `"centred"` (ours: chunks of n / T, `chunk_indices`) or `"original"` (the original suite's chunks of
+    (n - 1) / T and its short-clip rule, `original_indices`).
     """
 
     temporal_positions: str = "decoded"
+    index_rule: str = "centred"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.temporal_positions not in TEMPORAL_POSITIONS:
             raise ValueError(f"temporal_positions={self.temporal_positions!r}; choose one of "
                              f"{', '.join(TEMPORAL_POSITIONS)}")
+        if self.index_rule not in INDEX_RULES:
+            raise ValueError(f"index_rule={self.index_rule!r}; choose one of {', '.join(INDEX_RULES)}")
 
     def _slots(self, indices: np.ndarray, start: int, stop: int) -> np.ndarray:
         if self.temporal_slots is None or self.temporal_positions == "spread":
@@ -210,7 +234,8 @@ class UniformSampler(SamplerConfig):
         else:
             offsets = [np.full(self.num_frames, (k + 0.5) / self.num_clips) for k in range(self.num_clips)]
             crops = crop_positions(self.num_crops)
-        indices = np.concatenate([chunk_indices(start, stop, self.num_frames, o) for o in offsets])
+        rule = INDEX_RULES[self.index_rule]
+        indices = np.concatenate([rule(start, stop, self.num_frames, o) for o in offsets])
         # one decode pass for all temporal views; each distinct frame decoded and resized once
         distinct, inverse = reader.get_distinct(indices)
         frames = resize_shorter_side(distinct, self.size, self.interpolation)[inverse]
