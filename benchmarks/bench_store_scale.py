@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peak import children_peak_mb, peak_mb, reset_peak
 
 from backbones import create_backbone
 from probe.run.main import build_sampler, compose_config, extract
@@ -78,13 +78,6 @@ def settings(config: dict[str, Any]) -> str:
         f"{e['train_views']} train views, shard {e['shard_size']}, batch {e['batch_size']}, "
         f"store {e['dtype']}, torch threads {torch.get_num_threads()}"
     )
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _pss_kb(pid: int) -> int:
@@ -135,8 +128,7 @@ class TreePss:
 def child(config: dict[str, Any]) -> dict[str, Any]:
     """Extract in this (fresh) process and return throughput and memory as one JSON-able dict."""
     extract_train = prepare(config)
-    before_kb = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before_mb = reset_peak()
     with TreePss() as tree:
         t0 = time.perf_counter()
         store = extract_train()
@@ -150,9 +142,9 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         "bytes": stats.bytes_written,
         "encode_s": stats.encode_s,
         "wait_s": stats.wait_s,
-        "before_mb": before_kb / 1024,
-        "main_peak_mb": _status_kb("VmHWM") / 1024,
-        "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "before_mb": before_mb,
+        "main_peak_mb": peak_mb(),
+        "worker_peak_mb": children_peak_mb(),
         "tree_pss_mb": tree.peak_kb / 1024,
         "settings": f"{settings(config)}, num_workers={config['num_workers']}",
     }

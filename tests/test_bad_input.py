@@ -155,6 +155,7 @@ def test_list_records_name_file_and_line_and_say_what_is_wrong(tmp_path: Path, c
         f"{tmp_path / 'outside.mp4'} 0",  # 9 absolute, outside the video root
         "v/gone.mp4 1",  # 10 no such video: a bad clip (skipped when decoded), not a bad record
         f"{root / 'v' / 'c.mp4'} 2",  # 11 absolute, inside: fine
+        f"{tmp_path / 'data-v' / 'a.mp4'} 0",  # 12 a sibling folder whose name starts with the root's
     ]
     listed = root / "train.txt"
     listed.write_text("\n".join(lines) + "\n")
@@ -180,6 +181,7 @@ def test_list_records_name_file_and_line_and_say_what_is_wrong(tmp_path: Path, c
         7: f"(clip v/a.mp4): clip id 'v/a.mp4' repeats {listed} line 1; each clip may appear once",
         8: f"video path {root / '../outside.mp4'} leads outside the video folder {root}",
         9: f"video path {tmp_path / 'outside.mp4'} leads outside the video folder {root}",
+        12: f"video path {tmp_path / 'data-v' / 'a.mp4'} leads outside the video folder {root}",
     }
     assert len(task.skipped["train"]) == len(expected)
     for message, (line, why) in zip(task.skipped["train"], expected.items(), strict=True):

@@ -8,6 +8,7 @@ import fnmatch
 import json
 import logging
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -82,15 +83,20 @@ class Task(ABC):
         self.skipped[split] = []
         first: dict[str, str] = {}  # clip id -> the record that brought it
         clips = []
+        missing = []
+        inside = _Inside(self.video_folder)
         for where, clip in self._read_split(split):
-            problem = self._problem(clip, first.get(clip.clip_id))
+            kind = _file_kind(clip.path)  # one stat per clip: 240k of them for Kinetics-400
+            problem = self._problem(clip, first.get(clip.clip_id), inside, kind)
             if problem:
                 self._reject(split, f"{where} (clip {clip.clip_id})", problem)
                 continue
             first[clip.clip_id] = where
             clips.append(clip)
+            if kind != "file":
+                missing.append(str(clip.path))
         skipped = self.skipped[split]
-        self.missing[split] = [str(c.path) for c in clips if not c.path.is_file()]
+        self.missing[split] = missing
         if clips and len(self.missing[split]) == len(clips):
             raise AnnotationError(f"{self.name}/{split}: none of the {len(clips)} videos listed exists, e.g. "
                                   f"{clips[0].path}; check the task's root and layout (task.args)")
@@ -110,15 +116,16 @@ class Task(ABC):
         """Parse the split's annotation file into `(where, clip)`, `where` naming the file and line or
         record; call `_reject` (and move on) for records that give no clip."""
 
-    def _problem(self, clip: Clip, first: str | None) -> str | None:
-        """Why `clip` is not usable (`first`: where its id already appeared), or None."""
+    def _problem(self, clip: Clip, first: str | None, inside: _Inside, kind: str | None) -> str | None:
+        """Why `clip` is not usable (`first`: where its id already appeared; `inside`: the video folder's
+        test; `kind`: what its path is, `_file_kind`), or None."""
         if not 0 <= clip.label < self.num_classes:
             return f"unknown label {clip.label}: class indices are 0..{self.num_classes - 1}"
         if first is not None:
             return f"clip id {clip.clip_id!r} repeats {first}; each clip may appear once per split"
-        if self.video_folder is not None and not _inside(clip.path, self.video_folder):
+        if not inside(clip.path):
             return f"video path {clip.path} leads outside the video folder {self.video_folder}"
-        if clip.path.is_dir():
+        if kind == "folder":
             return f"video {clip.path} is a folder, not a video file"
         return None
 
@@ -137,10 +144,29 @@ def require(record: Any, keys: Iterable[str]) -> str | None:
     return f"missing key(s) {', '.join(map(repr, missing))}" if missing else None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path`, with `.` and `..` resolved by name, lies in `folder`. Symlinks are not followed,
-    so a data folder of links to other storage is still inside."""
-    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(folder))
+class _Inside:
+    """Whether a path, with `.` and `..` resolved by name, lies in `folder` (always, without a folder).
+    Symlinks are not followed, so a data folder of links to other storage is still inside. Compares
+    strings: pathlib's `is_relative_to` took a third of a 240k-clip parse."""
+
+    def __init__(self, folder: Path | None) -> None:
+        root = None if folder is None else os.path.normpath(folder)
+        self.prefix = None if root is None else root.rstrip(os.sep) + os.sep
+
+    def __call__(self, path: Path) -> bool:
+        if self.prefix is None:
+            return True
+        norm = os.path.normpath(path)
+        return norm.startswith(self.prefix) or norm + os.sep == self.prefix
+
+
+def _file_kind(path: Path) -> str | None:
+    """"file", "folder", "other" (a device, a pipe) or None (absent, or a link to nothing)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "other"
 
 
 def data_root(root: str | Path | None, subdir: str) -> Path:
