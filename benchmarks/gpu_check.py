@@ -72,10 +72,10 @@ class Size:
 
 SIZES = {
     "large": Size("onevision_large", frames=8, clips=16, probes=20, classes=400, grid_batch=32,
-                  grid_tokens=2048, grid_dim=1024, stream_clips=20, stream_batch=4, stream_epochs=10,
+                  grid_tokens=2048, grid_dim=1024, stream_clips=40, stream_batch=8, stream_epochs=10,
                   attention_layers=24, attention_frames=8),
     "tiny": Size("onevision_tiny", frames=2, clips=4, probes=4, classes=10, grid_batch=4, grid_tokens=64,
-                 grid_dim=128, stream_clips=4, stream_batch=2, stream_epochs=2, attention_layers=1,
+                 grid_dim=128, stream_clips=8, stream_batch=8, stream_epochs=2, attention_layers=1,
                  attention_frames=1),
 }
 
