@@ -82,14 +82,15 @@ def test_other_videos_under_the_same_names_are_another_store_and_run(
     assert torch.allclose(swapped, store_a.batch(np.array([0, 1]), first_views).tokens, atol=1e-2)
     assert not torch.allclose(swapped, store_b.batch(np.array([0, 1]), first_views).tokens, atol=1e-2)
 
-    # the same videos copied to another folder: the stores are reused, nothing is encoded
+    # the same videos copied to another folder: the stores are reused, nothing is encoded (the run is
+    # another: its config names other list files)
     encode_calls.clear()
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     for split in ("train", "test"):
         (tmp_path / "copy" / f"{split}.txt").write_text((tmp_path / "a" / f"{split}.txt").read_text())
     c = run(small(tmp_path, "task=list", f"task.args.splits.train={tmp_path / 'copy' / 'train.txt'}",
                   f"task.args.splits.test={tmp_path / 'copy' / 'test.txt'}"))
-    assert c["identity"] == a["identity"] and sum(encode_calls) == 0
+    assert c["identity"] == a["identity"] and sum(encode_calls) == 0 and c["run_id"] != a["run_id"]
     assert (c["data"]["train_features"], c["data"]["eval_features"]) == (
         a["data"]["train_features"], a["data"]["eval_features"])
 

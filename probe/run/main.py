@@ -389,7 +389,8 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     check_task(config, task)
     backbone_args = resolve_dtype(config["backbone"]["args"], device)
     backbone = create_backbone(config["backbone"]["name"], **backbone_args).to(device)
-    identity = run_identity(config, backbone, task)
+    # Process 0 fingerprints the videos once; every process keys its stores on the same digests.
+    identity = distributed.on_main(lambda: run_identity(config, backbone, task))
     slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)
