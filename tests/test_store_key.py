@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import av
@@ -17,8 +19,15 @@ from conftest import fixtures_dir
 from test_features import CLIPS, CountingBackbone, _all_pairs, _extract
 from test_run import encode_calls, small  # noqa: F401  (encode_calls: a fixture)
 
+import probe.store.features
 from probe.run.main import run
-from probe.store.features import VIDEO_SAMPLE, FeatureStore, clips_digest, video_fingerprint
+from probe.store.features import (
+    VIDEO_SAMPLE,
+    FeatureStore,
+    clips_digest,
+    video_fingerprint,
+    video_fingerprints,
+)
 from tasks.clip import Clip
 
 SIZE = (96, 72)
@@ -131,6 +140,38 @@ def test_clips_digest_holds_each_video_and_skips_absent_ones(tmp_path: Path) -> 
     assert len({clips_digest([clip]), clips_digest([swapped]), clips_digest([absent])}) == 3
     # an absent video adds nothing: the digest of the clip alone, as before videos entered it
     assert clips_digest([absent]) == hashlib.sha256(b'[["c",1]]').hexdigest()
+
+
+def test_cached_fingerprints_cost_a_stat_until_the_file_changes(tmp_path: Path, monkeypatch) -> None:
+    source = fixtures_dir() / "videos"
+    videos = [shutil.copyfile(source / name, tmp_path / name) for name in ("cup.mp4", "tree.avi")]
+    cache = tmp_path / "fingerprints.json"
+    read: list[str] = []
+    real = probe.store.features.video_fingerprint
+    monkeypatch.setattr(probe.store.features, "video_fingerprint", lambda p: read.append(p) or real(p))
+    first = video_fingerprints(videos, cache)
+    assert len(read) == 2 and first == {str(v): real(v) for v in videos}
+    assert not cache.exists()  # files changed in the last RECENT_NS are not cached: their times tick coarsely
+    monkeypatch.setattr(probe.store.features, "RECENT_NS", 0)
+    video_fingerprints(videos, cache)
+    read.clear()
+    assert video_fingerprints(videos, cache) == first and read == []  # a stat each, no read
+
+    # the same size, the same mtime, other bytes: the ctime moved, so the file is read again
+    mtime = videos[0].stat().st_mtime_ns
+    data = bytearray(videos[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    time.sleep(0.02)  # past the coarse tick of file times (RECENT_NS guards this in use)
+    videos[0].write_bytes(data)
+    os.utime(videos[0], ns=(mtime, mtime))
+    again = video_fingerprints(videos, cache)
+    assert read == [str(videos[0])] and again[str(videos[0])] != first[str(videos[0])]
+    # replaced by another file (a new inode): read again
+    read.clear()
+    shutil.copyfile(source / "Megamind.avi", tmp_path / "other.avi")
+    (tmp_path / "other.avi").replace(videos[1])
+    assert video_fingerprints(videos, cache)[str(videos[1])] == real(source / "Megamind.avi")
+    assert read == [str(videos[1])]
 
 
 def test_a_store_whose_labels_were_edited_by_hand_is_not_trusted(tmp_path: Path, caplog) -> None:

@@ -44,7 +44,7 @@ from probe.record import (
 from probe.report.results import format_table, record_row
 from probe.run.schema import ConfigError, check_run_config
 from probe.run.stream import StreamingFeatures
-from probe.store.features import FeatureStore, clips_digest, extract_features
+from probe.store.features import FINGERPRINT_CACHE, FeatureStore, clips_digest, extract_features
 from probe.training.evaluate import classification_metrics, clip_outcomes, per_view_top1, predict
 from probe.training.kept import load_probe, probe_files
 from probe.training.train import GridResult, HeadConfig, Recipe, split_train_val, train_probe_grid
@@ -263,11 +263,12 @@ def run_identity(config: dict[str, Any], backbone: Backbone, task: Task) -> dict
     """What a run ran on beyond its config: the weights' fingerprint and compute dtype (`dtype=auto`
     differs by device) and each split's `clips_digest` (clips, labels, spans, video fingerprints), which
     also keys the split's feature store."""
+    cache = Path(config["cache_dir"]).expanduser() / FINGERPRINT_CACHE
     return {
         "weights": backbone.fingerprint(),
         "dtype": backbone.feature_identity()["dtype"],
         **{
-            f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]))
+            f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]), cache)
             for role in ("train", "eval")
         },
     }

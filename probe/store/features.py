@@ -352,6 +352,10 @@ SPAN_FIELDS = ("start_frame", "end_frame", "start_time", "end_time")
 # a re-encoded or another file differs there, while a copy elsewhere is the same.
 VIDEO_SAMPLE = 16 * 1024
 FINGERPRINT_THREADS = 16  # files fingerprinted at once: on network storage the reads overlap
+FINGERPRINT_CACHE = "video_fingerprints.json"  # under a run's cache_dir: see `video_fingerprints`
+# A file changed this recently is not cached: file times tick coarsely (milliseconds), so a second
+# change within the same tick could leave its state as cached (git's "racily clean" entries).
+RECENT_NS = 2_000_000_000
 
 
 def video_fingerprint(path: str | Path | None) -> str | None:
@@ -374,20 +378,55 @@ def video_fingerprint(path: str | Path | None) -> str | None:
     return f"{size}-{h.hexdigest()[:16]}"
 
 
-def video_fingerprints(paths: Iterable[str | Path]) -> dict[str, str | None]:
-    """`video_fingerprint` of each distinct path (keyed by `str(path)`), read by a pool of threads."""
+def _file_state(path: str) -> list[int] | None:
+    """What changes whenever a file's content may have: device, inode, size, mtime and ctime (a write,
+    a rename over it or a restored mtime all set a new ctime, which no user call can set back)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def video_fingerprints(paths: Iterable[str | Path], cache: Path | None = None) -> dict[str, str | None]:
+    """`video_fingerprint` of each distinct path (keyed by `str(path)`), read by a pool of threads.
+
+    With `cache` (a JSON file: path -> file state and fingerprint) a file whose state is the one cached
+    costs a `stat` instead of three reads; the others are read, and those unchanged for `RECENT_NS` are
+    added to the cache. A moved data set has new paths: it is read once, and keeps its fingerprints."""
     distinct = sorted({str(p) for p in paths})
+    known = read_json(cache) if cache is not None else None
+    known = known if isinstance(known, dict) else {}
+
+    def one(path: str) -> tuple[str | None, list | None]:
+        state = _file_state(path)
+        entry = known.get(path)
+        if state is not None and isinstance(entry, list) and entry[:-1] == state:
+            return entry[-1], None
+        fingerprint = video_fingerprint(path)
+        # the state read before the blocks: a file that changed meanwhile is read again next time
+        if state is None or fingerprint is None or time.time_ns() - state[-1] < RECENT_NS:
+            return fingerprint, None
+        return fingerprint, [*state, fingerprint]
+
     with ThreadPoolExecutor(max(1, min(FINGERPRINT_THREADS, len(distinct)))) as pool:
-        return dict(zip(distinct, pool.map(video_fingerprint, distinct), strict=True))
+        found = dict(zip(distinct, pool.map(one, distinct), strict=True))
+    new = {path: entry for path, (_, entry) in found.items() if entry is not None}
+    if cache is not None and new:  # runs at once (a multirun) add their entries one after the other
+        with exclusive(cache.with_name(cache.name + ".lock"), f"fingerprint cache {cache}", wait=True):
+            latest = read_json(cache)
+            atomic_write_text(cache, json.dumps({**(latest if isinstance(latest, dict) else {}), **new}))
+    return {path: fingerprint for path, (fingerprint, _) in found.items()}
 
 
-def clips_digest(clips: Sequence[ClipLike]) -> str:
+def clips_digest(clips: Sequence[ClipLike], fingerprint_cache: Path | None = None) -> str:
     """The clip list's identity: ids and labels, the span of each clip annotated as a segment of a
     longer video (an edited start or end must not reuse features of the old span), and the fingerprint
     of each clip's video (other videos under the same names must not reuse them; the same videos in
-    another folder do). A video absent when listed adds nothing (its clip is skipped and retried)."""
+    another folder do). A video absent when listed adds nothing (its clip is skipped and retried).
+    `fingerprint_cache`: see `video_fingerprints`."""
     paths = [p for c in clips if (p := getattr(c, "path", None)) is not None]
-    videos = video_fingerprints(paths)
+    videos = video_fingerprints(paths, fingerprint_cache)
     rows = []
     for c in clips:
         span = [getattr(c, f, None) for f in SPAN_FIELDS]
