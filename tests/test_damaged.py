@@ -141,11 +141,11 @@ def test_a_clip_missing_for_one_run_is_encoded_once_back(tmp_path: Path, cup: Pa
     missing, away = data / "cup3.mp4", tmp_path / "away.mp4"
     extract = probe.run.main.extract
 
-    def file_system_hiccup(config, backbone, task, split, sampler, train):  # after the list was read
+    def file_system_hiccup(config, backbone, task, split, sampler, train, **kwargs):  # after the listing
         if train:
             task.clips(split)
             missing.rename(away)
-        return extract(config, backbone, task, split, sampler, train)
+        return extract(config, backbone, task, split, sampler, train, **kwargs)
 
     monkeypatch.setattr(probe.run.main, "extract", file_system_hiccup)
     first = run(small(tmp_path, *task))

@@ -44,7 +44,7 @@ from probe.record import (
 from probe.report.results import format_table, record_row
 from probe.run.schema import ConfigError, check_run_config
 from probe.run.stream import StreamingFeatures
-from probe.store.features import FeatureStore, clips_digest, extract_features
+from probe.store.features import FINGERPRINT_CACHE, FeatureStore, clips_digest, extract_features
 from probe.training.evaluate import (
     ORIGINAL_TEST_SEED,
     classification_metrics,
@@ -234,8 +234,10 @@ def augmentation_record(config: dict[str, Any], clips: list[Clip], views: int) -
 
 
 def extract(
-    config: dict[str, Any], backbone: Backbone, task: Task, split: str, sampler: Sampler, train: bool
+    config: dict[str, Any], backbone: Backbone, task: Task, split: str, sampler: Sampler, train: bool,
+    clips_key: str | None = None,
 ) -> FeatureStore:
+    """The split's store; `clips_key`: the split's digest as the run's identity took it (else taken now)."""
     extract_cfg = config["extract"]
     views = extract_cfg["train_views"] if train else sampler.num_views
     sampling = {k: v for k, v in config["sampling"].items()}
@@ -259,17 +261,20 @@ def extract(
         verify=extract_cfg["verify"],
         progress=config["progress"],
         tokens_per_view=tokens_per_view(config["sampling"], backbone),
+        clips_key=clips_key,
     )
 
 
 def run_identity(config: dict[str, Any], backbone: Backbone, task: Task) -> dict[str, str]:
     """What a run ran on beyond its config: the weights' fingerprint and compute dtype (`dtype=auto`
-    differs by device) and each split's clips and labels."""
+    differs by device) and each split's `clips_digest` (clips, labels, spans, video fingerprints), which
+    also keys the split's feature store."""
+    cache = Path(config["cache_dir"]).expanduser() / FINGERPRINT_CACHE
     return {
         "weights": backbone.fingerprint(),
         "dtype": backbone.feature_identity()["dtype"],
         **{
-            f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]))
+            f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]), cache)
             for role in ("train", "eval")
         },
     }
@@ -299,13 +304,13 @@ def check_task(config: dict[str, Any], task: Task) -> None:
 
 
 def training_features(
-    config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler
+    config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler, clips_key: str | None = None
 ) -> FeatureStore | StreamingFeatures:
     """The training split as the trainer reads it: a store of `extract.train_views` views per clip
     (`extract.mode=store`), or views drawn and encoded afresh every epoch (`stream`)."""
     split = config["task"]["train_split"]
     if config["extract"]["mode"] == "store":
-        return extract(config, backbone, task, split, sampler, train=True)
+        return extract(config, backbone, task, split, sampler, train=True, clips_key=clips_key)
     jitter = color_jitter(config)
     views = ViewSampler(sampler, True, 1, config["seed"], config["on_bad_clip"], jitter)
     key = {"task": task.name, "split": split, "sampling": config["sampling"], "seed": config["seed"],
@@ -419,7 +424,8 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     backbone_args = resolve_dtype(config["backbone"]["args"], device)
     backbone = create_backbone(config["backbone"]["name"], **backbone_args).to(device)
     check_whole_frames(config, backbone)
-    identity = run_identity(config, backbone, task)
+    # Process 0 fingerprints the videos once; every process keys its stores on the same digests.
+    identity = distributed.on_main(lambda: run_identity(config, backbone, task))
     slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)
@@ -438,10 +444,11 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    train_store = training_features(config, backbone, task, sampler)
+    train_store = training_features(config, backbone, task, sampler, identity["train_clips"])
     timings["extract_train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eval_store = extract(config, backbone, task, config["task"]["eval_split"], sampler, train=False)
+    eval_store = extract(config, backbone, task, config["task"]["eval_split"], sampler, train=False,
+                         clips_key=identity["eval_clips"])
     timings["extract_eval_s"] = time.perf_counter() - t0
     for split, store in (("train", train_store), ("eval", eval_store)):  # this process's share; 0: reused
         timings[f"extract_{split}_encode_s"] = store.extraction.encode_s

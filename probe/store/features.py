@@ -2,7 +2,8 @@
 
 A store is a folder named by a fingerprint of everything that determines its content (the backbone's
 feature identity: weights, input size, compute dtype, tokens, preprocessing, sparse mode; task, split,
-clip list, sampling config, seed, number of views, store dtype). Clips are written in shards of
+clip list with each clip's label, span and video fingerprint, sampling config, seed, number of views,
+store dtype). Clips are written in shards of
 `shard_size` clips, each shard as three `.npy` files (tokens `[S, V, N, D]`, positions `[S, V, N, 3]`,
 lengths `[S, V]`) plus a sidecar JSON with their sha256, written last as the shard's commit mark. Every
 file is written atomically (`probe.files`). A killed extraction resumes shard by shard; `manifest.json`
@@ -21,7 +22,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -329,7 +331,7 @@ class StoreKey:
     seed: int
     views: int
     dtype: str
-    clips: str  # sha256 of the (clip_id, label) list
+    clips: str  # `clips_digest`: ids, labels, spans and video fingerprints
 
     def fingerprint(self) -> str:
         return hashlib.sha256(_canonical(asdict(self)).encode()).hexdigest()[:16]
@@ -346,15 +348,91 @@ def _canonical(obj: Any) -> str:
 
 
 SPAN_FIELDS = ("start_frame", "end_frame", "start_time", "end_time")
+# A video's fingerprint reads this many bytes at its start, middle and end (the scheme of imohash):
+# a re-encoded or another file differs there, while a copy elsewhere is the same.
+VIDEO_SAMPLE = 16 * 1024
+FINGERPRINT_THREADS = 16  # files fingerprinted at once: on network storage the reads overlap
+FINGERPRINT_CACHE = "video_fingerprints.json"  # under a run's cache_dir: see `video_fingerprints`
+# A file changed this recently is not cached: file times tick coarsely (milliseconds), so a second
+# change within the same tick could leave its state as cached (git's "racily clean" entries).
+RECENT_NS = 2_000_000_000
 
 
-def clips_digest(clips: Sequence[ClipLike]) -> str:
-    """The clip list's identity: ids and labels, and the span of each clip annotated as a segment of a
-    longer video (an edited start or end must not reuse features of the old span)."""
+def video_fingerprint(path: str | Path | None) -> str | None:
+    """A cheap identity of a video's content, `<size>-<sha256 prefix>`: the size and a hash of three
+    `VIDEO_SAMPLE`-byte blocks (start, middle, end; the whole file when smaller than the three). Neither
+    its path nor its times enter it. None when the file is absent or unreadable."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h = hashlib.sha256(str(size).encode())
+            if size <= 3 * VIDEO_SAMPLE:
+                h.update(f.read())
+            else:
+                for offset in (0, (size - VIDEO_SAMPLE) // 2, size - VIDEO_SAMPLE):
+                    h.update(os.pread(f.fileno(), VIDEO_SAMPLE, offset))
+    except OSError:
+        return None
+    return f"{size}-{h.hexdigest()[:16]}"
+
+
+def _file_state(path: str) -> list[int] | None:
+    """What changes whenever a file's content may have: device, inode, size, mtime and ctime (a write,
+    a rename over it or a restored mtime all set a new ctime, which no user call can set back)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def video_fingerprints(paths: Iterable[str | Path], cache: Path | None = None) -> dict[str, str | None]:
+    """`video_fingerprint` of each distinct path (keyed by `str(path)`), read by a pool of threads.
+
+    With `cache` (a JSON file: path -> file state and fingerprint) a file whose state is the one cached
+    costs a `stat` instead of three reads; the others are read, and those unchanged for `RECENT_NS` are
+    added to the cache. A moved data set has new paths: it is read once, and keeps its fingerprints."""
+    distinct = sorted({str(p) for p in paths})
+    known = read_json(cache) if cache is not None else None
+    known = known if isinstance(known, dict) else {}
+
+    def one(path: str) -> tuple[str | None, list | None]:
+        state = _file_state(path)
+        entry = known.get(path)
+        if state is not None and isinstance(entry, list) and entry[:-1] == state:
+            return entry[-1], None
+        fingerprint = video_fingerprint(path)
+        # the state read before the blocks: a file that changed meanwhile is read again next time
+        if state is None or fingerprint is None or time.time_ns() - state[-1] < RECENT_NS:
+            return fingerprint, None
+        return fingerprint, [*state, fingerprint]
+
+    with ThreadPoolExecutor(max(1, min(FINGERPRINT_THREADS, len(distinct)))) as pool:
+        found = dict(zip(distinct, pool.map(one, distinct), strict=True))
+    new = {path: entry for path, (_, entry) in found.items() if entry is not None}
+    if cache is not None and new:  # runs at once (a multirun) add their entries one after the other
+        with exclusive(cache.with_name(cache.name + ".lock"), f"fingerprint cache {cache}", wait=True):
+            latest = read_json(cache)
+            atomic_write_text(cache, json.dumps({**(latest if isinstance(latest, dict) else {}), **new}))
+    return {path: fingerprint for path, (fingerprint, _) in found.items()}
+
+
+def clips_digest(clips: Sequence[ClipLike], fingerprint_cache: Path | None = None) -> str:
+    """The clip list's identity: ids and labels, the span of each clip annotated as a segment of a
+    longer video (an edited start or end must not reuse features of the old span), and the fingerprint
+    of each clip's video (other videos under the same names must not reuse them; the same videos in
+    another folder do). A video absent when listed adds nothing (its clip is skipped and retried).
+    `fingerprint_cache`: see `video_fingerprints`."""
+    paths = [p for c in clips if (p := getattr(c, "path", None)) is not None]
+    videos = video_fingerprints(paths, fingerprint_cache)
     rows = []
     for c in clips:
         span = [getattr(c, f, None) for f in SPAN_FIELDS]
-        rows.append([c.clip_id, int(c.label), *([span] if any(v is not None for v in span) else [])])
+        video = videos.get(str(getattr(c, "path", None)))
+        rows.append([c.clip_id, int(c.label), *([span] if any(v is not None for v in span) else []),
+                     *([video] if video else [])])
     return hashlib.sha256(_canonical(rows).encode()).hexdigest()
 
 
@@ -376,6 +454,7 @@ def extract_features(
     verify: bool = True,
     progress: Progress = "auto",
     tokens_per_view: int | None = None,
+    clips_key: str | None = None,
 ) -> FeatureStore:
     """Return the store for these clips, computing only what is missing.
 
@@ -384,7 +463,8 @@ def extract_features(
     store is reused; with `verify` every shard's sha256 is checked first and a failing shard is
     recomputed. `num_workers` > 0 decodes clips in DataLoader worker processes. The returned store's
     `extraction` holds this process's `ExtractStats`. With `tokens_per_view` the size of what is missing
-    is logged and checked against the free space first (`StoreTooLargeError`).
+    is logged and checked against the free space first (`StoreTooLargeError`). `clips_key` is the
+    clips' `clips_digest` when the caller took it already (a run takes it once, for its id and stores).
     """
     _codec(dtype)
     if not clips:
@@ -398,7 +478,7 @@ def extract_features(
         seed=seed,
         views=views,
         dtype=dtype,
-        clips=clips_digest(clips),
+        clips=clips_key or clips_digest(clips),
     )
     path = Path(root) / key.dirname()
     # Process 0 holds the store's lock (a second run writing the same store waits), checks what exists
@@ -408,8 +488,10 @@ def extract_features(
         lock = path / ".lock"
         distributed.on_main(lambda: held.enter_context(exclusive(lock, f"feature store {path}", wait=True)))
         paths = {c.clip_id: getattr(c, "path", None) for c in clips}
+        members = [(c.clip_id, int(c.label)) for c in clips]
         shard_size, num_shards, todo, complete, retried = distributed.on_main(
-            lambda: _plan(path, key, shard_size, len(clips), verify, lambda c: _readable(paths.get(c)))
+            lambda: _plan(path, key, shard_size, members, backbone.embed_dim, verify,
+                          lambda c: _readable(paths.get(c)))
         )
         if complete:
             return FeatureStore(path)
@@ -426,7 +508,8 @@ def extract_features(
                 stats,
             )
         distributed.barrier()
-        distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards, backbone))
+        distributed.on_main(lambda: _commit_manifest(path, key, shard_size, len(clips), num_shards,
+                                                     backbone.embed_dim))
         store = FeatureStore(path)
         store.extraction = stats
         store.retried = retried
@@ -434,17 +517,27 @@ def extract_features(
 
 
 def _plan(
-    path: Path, key: StoreKey, shard_size: int, num_clips: int, verify: bool, readable: Callable[[str], bool]
+    path: Path, key: StoreKey, shard_size: int, members: Sequence[tuple[str, int]], embed_dim: int,
+    verify: bool, readable: Callable[[str], bool],
 ) -> tuple[int, int, list[int], bool, list[str]]:
     """(shard size, number of shards, shards to compute, whether the store is complete and valid, clips
-    to try again: skipped as missing or unreadable, and `readable` now)."""
+    to try again: skipped as missing or unreadable, and `readable` now).
+
+    `members` are the (clip id, label) pairs in store order: a shard whose sidecar lists others is
+    recomputed, and a manifest that differs from what its sidecars give is written again."""
     path.mkdir(parents=True, exist_ok=True)
-    shard_size = _layout(path, key, shard_size, num_clips)
-    num_shards = -(-num_clips // shard_size)
+    shard_size = _layout(path, key, shard_size, len(members))
+    num_shards = -(-len(members) // shard_size)
     failed, again_shards, retried = [], [], []
     for k in range(num_shards):
         meta = _valid_sidecar(path, k, verify)
+        listed = members[k * shard_size : (k + 1) * shard_size]
         if meta is None or not _sound_shard(path, k, key.dtype):
+            failed.append(k)
+        elif (meta.get("clips"), meta.get("labels")) != ([c for c, _ in listed], [y for _, y in listed]):
+            log.warning("feature store %s: shard %d lists other clips or labels than the task (edited by "
+                        "hand?); recomputing it", path, k)
+            (path / _shard_name(k, "json")).unlink()
             failed.append(k)
         elif again := [c for c in meta.get("retry", []) if readable(c)]:
             log.warning("feature store %s: clips %s were missing or unreadable when shard %d was made and "
@@ -455,8 +548,12 @@ def _plan(
     todo = sorted(failed + again_shards)
     manifest = read_json(path / MANIFEST)
     if manifest is not None and not todo:
-        return shard_size, num_shards, todo, True, retried
-    if manifest is not None and failed:
+        derived = _manifest(path, key, shard_size, len(members), num_shards, embed_dim)
+        if json.loads(json.dumps(derived, default=str)) == {**manifest, "created": derived["created"]}:
+            return shard_size, num_shards, todo, True, retried
+        log.warning("feature store %s: %s differs from its shards (edited by hand?); writing it again",
+                    path, MANIFEST)
+    elif manifest is not None and failed:
         log.warning("feature store %s: shards %s fail their checks; recomputing them", path, failed)
     (path / MANIFEST).unlink(missing_ok=True)
     return shard_size, num_shards, todo, False, retried
@@ -824,9 +921,10 @@ def store_cost(shards: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
-def _commit_manifest(
-    path: Path, key: StoreKey, shard_size: int, num_clips: int, num_shards: int, backbone: Backbone
-) -> None:
+def _manifest(
+    path: Path, key: StoreKey, shard_size: int, num_clips: int, num_shards: int, embed_dim: int
+) -> dict[str, Any]:
+    """The manifest the store's sidecars give (`created`: now)."""
     shards = [_valid_sidecar(path, k, verify=False) for k in range(num_shards)]
     missing = [k for k, sidecar in enumerate(shards) if sidecar is None]
     if missing:
@@ -834,18 +932,24 @@ def _commit_manifest(
             f"feature store {path}: shards {missing} are missing after extraction; with several "
             "processes every one must write to the same cache_dir (a folder all nodes share)"
         )
-    manifest = {
+    return {
         "fingerprint": key.fingerprint(),
         **asdict(key),
         "complete": True,
         "num_clips": num_clips,
         "shard_size": shard_size,
         "num_tokens": max(s["num_tokens"] for s in shards),
-        "embed_dim": backbone.embed_dim,
+        "embed_dim": embed_dim,
         "temporal_extent": max(s["temporal_extent"] for s in shards),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cost": store_cost(shards),
         # the sidecars, less their measured costs (kept in the sidecars; summed above)
         "shards": [{k: v for k, v in s.items() if k != "cost"} for s in shards],
     }
+
+
+def _commit_manifest(
+    path: Path, key: StoreKey, shard_size: int, num_clips: int, num_shards: int, embed_dim: int
+) -> None:
+    manifest = _manifest(path, key, shard_size, num_clips, num_shards, embed_dim)
     atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1, default=str), _kept(path))
