@@ -108,3 +108,13 @@ def test_help_says_what_the_default_runs_and_the_main_keys(tmp_path: Path) -> No
                  "protocol=honest|original", "task: charades_ego, diving48", "HYDRA_FULL_ERROR=1"):
         assert text in done.stdout, text
     assert "Powered by Hydra" not in done.stdout
+
+
+def test_the_command_line_entry_does_not_import_torch() -> None:
+    """What makes a mistyped key fast to refuse (timed by benchmarks/bench_refusal.py): Hydra parses the
+    command line and the schema checks values before torch, the backbones or the tasks are imported."""
+    heavy = "('torch', 'backbones', 'tasks', 'pandas')"
+    code = f"import sys, probe.run.cli; sys.exit(' '.join(m for m in {heavy} if m in sys.modules) or None)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stderr

@@ -19,6 +19,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
+from probe.record import ResultsDirError, check_writable
 from probe.run.schema import ConfigError, check_overrides, check_run_config
 
 log = logging.getLogger("ovprobe")
@@ -29,13 +30,12 @@ log = logging.getLogger("ovprobe")
 # samplers, and the default must finish in 10 minutes on 2 CPU cores (README "What ./dev ovprobe does").
 EMBEDDED_DEFAULT = ("--multirun", "sampling=uniform,codec,random", "probe.recipe.lrs=[1.0e-3,3.0e-4]")
 
+
 class CheckResultsDir(Callback):
     """Hydra callback: a results_dir that cannot be written or is full stops the invocation with ovprobe's
     message before Hydra writes its own files there (and fails with an OSError of its own)."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        from probe.record import ResultsDirError, check_writable
-
         if _rank() == 0:
             try:
                 check_writable(config.results_dir)
