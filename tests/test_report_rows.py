@@ -21,9 +21,10 @@ from probe.report.results import (
     apply_filters,
     format_table,
     record_row,
+    repeat_spec,
     runs_frame,
 )
-from probe.run.main import run
+from probe.run.main import compose_config, run
 
 REFERENCE = "onevision_reference/ov_tiny_layernorm_head"
 
@@ -120,3 +121,15 @@ def test_report_reads_a_folder_with_a_from_run_record(runs, tmp_path) -> None:
     csv = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert csv["protocol"].tolist() == ["stored probe"]
     assert csv["selection"].tolist() == ["stored probe, evaluated without training"]
+
+
+def test_every_key_that_follows_the_seed_is_left_out_of_a_repeat() -> None:
+    """The seed reaches the generated task's data and the random sampler's test draws (`${seed}` in their
+    configs): runs differing only there are repeats; any other key makes another row."""
+    def spec(*overrides: str) -> dict:
+        return repeat_spec({"config": compose_config(["sampling=random", *overrides]),
+                            "backbone": {"fingerprint": "w"}, "protocol": {"name": "honest"}})
+
+    assert spec("seed=0") == spec("seed=3")
+    assert spec("seed=3", "probe.recipe.epochs=5") != spec("seed=3")
+    assert spec("backbone.args.seed=1") != spec()  # the seed of random weights is another model

@@ -81,8 +81,9 @@ def _flat(node: Any, where: str = "") -> dict[str, Any]:
     return {where[:-1]: node}
 
 
-# Keys that differ between repeats of one configuration: the seed, and a generated task's data seed.
-SEED_KEYS = ("seed", "task.args.seed")
+# Keys that differ between repeats of one configuration: the seed and the keys that follow it (a generated
+# task's data, the random sampler's test draws).
+SEED_KEYS = ("seed", "task.args.seed", "sampling.args.seed")
 
 
 def repeat_spec(record: dict[str, Any]) -> dict[str, Any]:
@@ -450,8 +451,9 @@ def paper_tables(frame: pd.DataFrame, metric: str = "top1") -> dict[str, Table]:
         amount = f"{count} {unit}" + ("" if count == "1" else "es" if unit == "patch" else "s")
         for grid, group in _by_grid(runs, unit):
             name = f"backbones_tasks_{setting}" + (f"_{grid}grid" if grid else "")
+            rows = group.drop(columns="backbone").rename(columns={"row": "backbone"})  # one row per entry
             tables[name] = pivot(
-                group, "row", "task", metric, average=True,
+                rows, "backbone", "task", metric, average=True,
                 title=f"{_metric_title(group, metric)}: backbones x tasks, {sampling} sampling, {amount}"
                 + (f" of a {grid} patch grid" if grid else ""),
             )

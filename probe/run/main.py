@@ -143,18 +143,19 @@ def build_backbone(config: dict[str, Any], device: torch.device) -> Backbone:
     name, args = config["backbone"]["name"], resolve_dtype(config["backbone"]["args"], device)
     try:
         with quiet_loading():
-            return create_backbone(name, **args).to(device)
-    except (CheckpointError, RuntimeError) as err:
+            backbone = create_backbone(name, **args)
+    except CheckpointError as err:  # ovprobe's own message; a list of weight names cut short
+        why = str(err).splitlines()[0]
+        raise ConfigError(f"backbone.args.checkpoint: {why[:300]}{'...' if len(why) > 300 else ''}") from err
+    except RuntimeError as err:  # the library's: another architecture's weights
         if args.get("checkpoint") is None:
             raise
-        why = str(err).splitlines()[0]
-        if "report" in why:  # transformers points at its loading report, held back by `quiet_loading`
-            why = "its weights' names or shapes differ from the model's"
         raise ConfigError(
-            f"backbone.args.checkpoint={args['checkpoint']} does not load into {name} "
-            f"({why[:160]}{'...' if len(why) > 160 else ''}); is it a checkpoint of another architecture? "
-            "pick the backbone it belongs to"
+            f"backbone.args.checkpoint={args['checkpoint']} does not load into {name} (its weights' names "
+            "or shapes differ from the model's); is it a checkpoint of another architecture? pick the "
+            "backbone it belongs to"
         ) from err
+    return backbone.to(device)
 
 
 def patch_budget(sampling: dict[str, Any], backbone: Backbone) -> tuple[int, int]:
