@@ -40,16 +40,17 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _semantic(obj: Any) -> Any:
+def semantic_config(obj: Any) -> Any:
     """`obj` without the non-semantic keys, at any depth (task args carry `cache_dir` and `progress`)."""
     if isinstance(obj, dict):
-        return {k: _semantic(v) for k, v in obj.items() if k not in NON_SEMANTIC_KEYS}
+        return {k: semantic_config(v) for k, v in obj.items() if k not in NON_SEMANTIC_KEYS}
     return obj
 
 
 def config_hash(config: dict[str, Any], identity: dict[str, Any] | None = None) -> str:
     """Hash of the semantic config and, when given, the `identity` of what it ran on (weights, data)."""
-    spec = _semantic(config) if identity is None else {"config": _semantic(config), "identity": identity}
+    spec = semantic_config(config)
+    spec = spec if identity is None else {"config": spec, "identity": identity}
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:10]
 
 

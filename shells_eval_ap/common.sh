@@ -13,6 +13,8 @@
 #   BATCH_SIZE  clips per backbone batch during feature extraction (default: the config's)
 #   DRY_RUN=1   print the resolved commands instead of running them
 # Extra arguments are Hydra overrides passed to every run, e.g. `probe.recipe.epochs=5 device=cuda:1`.
+# A dataset whose run fails does not stop the others: every dataset runs, and the failed ones are listed
+# at the end (exit status 1), as a sweep lists its failed jobs.
 
 set -euo pipefail
 
@@ -41,7 +43,7 @@ run_eval() {
         fi
         launcher+=(-m probe.run)
     fi
-    local dataset
+    local dataset failed=()
     for dataset in ${DATASETS:-$PAPER_DATASETS}; do
         local cmd=("${launcher[@]}" "backbone=$backbone" "task=$dataset" "${setting[@]}")
         if [[ -n ${DATA_ROOT:-} ]]; then cmd+=("++task.args.root=$DATA_ROOT/$dataset"); fi
@@ -52,8 +54,12 @@ run_eval() {
             printf '%q' "${cmd[0]}"
             printf ' %q' "${cmd[@]:1}"
             printf '\n'
-        else
-            "${cmd[@]}"
+        elif ! "${cmd[@]}"; then
+            failed+=("$dataset")
         fi
     done
+    if ((${#failed[@]})); then
+        echo "run_eval: ${#failed[@]} dataset(s) failed (their messages are above): ${failed[*]}" >&2
+        return 1
+    fi
 }

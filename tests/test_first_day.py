@@ -114,7 +114,8 @@ def test_an_explicit_invocation_is_one_run_whose_record_names_its_log(tmp_path: 
 
 
 def test_a_sweep_runs_every_valid_job_and_lists_the_failed_ones(tmp_path: Path) -> None:
-    done = _ovprobe(tmp_path, "-m", *small_overrides(tmp_path, "sampling.budget=128,100,256"))
+    overrides = small_overrides(tmp_path, "sampling.budget=128,100,256")
+    done = _ovprobe(tmp_path, "-m", *(o for o in overrides if o != "sampling.frames_equiv=4"))  # one or other
     assert done.returncode == 1, done.stderr[-3000:]
     assert "1 run(s) failed:\n  sampling.budget=100: sampling.budget=100 is not a whole number of frames" in (
         done.stdout

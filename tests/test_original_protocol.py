@@ -229,7 +229,7 @@ def test_reference_tokens_with_a_patch_budget_are_refused_before_work(tmp_path) 
     overrides = small_overrides(tmp_path, "protocol=original", "backbone=dinov3_tiny")
     overrides = [o for o in overrides if o != "sampling=uniform" and not o.startswith("probe.recipe.")]
     config = compose_config([*overrides, "sampling=random"])
-    with pytest.raises(ValueError, match=r"reference=true \(implied by protocol=original\).*whole frames"):
+    with pytest.raises(ValueError, match=r"reference=true, which protocol=original implies\).*whole frames"):
         run(config)
 
 

@@ -166,11 +166,12 @@ def test_report_command_writes_tables_and_figures(multirun, tmp_path):
 
     for name in ("top1_vs_budget_synthetic", "top1_vs_tokens_synthetic", "top1_vs_time_synthetic"):
         with Image.open(out / f"{name}.png") as image:
-            assert image.size == (round(figures.COLUMN_WIDTH * figures.DPI),
-                                  round(figures.FIGURE_HEIGHT * figures.DPI))
+            width, height = image.size  # column-wide; taller by the legend's lines
+            assert width == round(figures.COLUMN_WIDTH * figures.DPI)
+            assert height > round(figures.FIGURE_HEIGHT * figures.DPI)
             pixels = np.asarray(image.convert("RGB"))
-        colours = {tuple(int(int(c, 16)) for c in (h[1:3], h[3:5], h[5:7]))
-                   for h in map(figures.backbone_colour, ("onevision_tiny", "onevision_small"))}
+        palette = figures.backbone_colours(["onevision_tiny", "onevision_small"]).values()
+        colours = {tuple(round(255 * c) for c in colour[:3]) for colour in palette}
         drawn = {tuple(p) for p in pixels.reshape(-1, 3)}
         assert colours <= drawn, f"{name}: each backbone's colour is drawn"
         pdf = (out / f"{name}.pdf").read_bytes()
@@ -208,10 +209,53 @@ def test_frontier_keeps_only_runs_nothing_cheaper_beats():
     assert figures.pareto_front(cost, accuracy).tolist() == [0, 1, 4]
 
 
-def test_colours_belong_to_backbones():
-    assert figures.backbone_colour("siglip2_large_patch16_256") == figures.FAMILY_COLOURS["siglip2"]
-    assert figures.backbone_colour("onevision_tiny") != figures.backbone_colour("onevision_small")
-    assert figures.backbone_colour("some_new_model") == figures.backbone_colour("some_new_model")
+def test_colours_are_distinct_per_backbone_entry():
+    """DINOv3 base and large (one family) and any 20 entries of a report get distinct colours."""
+    pairs = ["dinov3_base", "dinov3_large", "siglip2_base16_224", "siglip2_large16_256", "clip_base16",
+             "clip_large14", "onevision_large", "onevision_large [weights=...b]"]
+    for n in (2, len(pairs)):
+        assert len(set(figures.backbone_colours(pairs[:n]).values())) == n
+    many = [f"backbone_{i}" for i in range(25)]
+    assert len(set(figures.backbone_colours(many[:20]).values())) == 20
+    assert len(set(figures.backbone_colours(many).values())) == 25
+    assert figures.backbone_colours(pairs) == figures.backbone_colours(pairs[::-1])  # by name, not order
+
+
+def _points(rows: dict[str, str]) -> pd.DataFrame:
+    """Runs of long-named backbone entries at two budgets under two samplers."""
+    return pd.DataFrame([
+        {"row": row, "row_label": label, "sampling": sampling, "budget": budget, "task": "synthetic",
+         "top1": 40.0 + i, "top1_low": 35.0 + i, "top1_high": 45.0 + i, "chance": 12.5, "tokens": budget,
+         "flops_per_clip": 1e9 * budget, "seconds_per_clip": 0.01 * budget, "random_weights": False}
+        for i, (row, label) in enumerate(rows.items()) for sampling in ("codec", "uniform")
+        for budget in (64, 128)])
+
+
+def test_legends_sit_inside_the_canvas_and_time_has_no_frontier(monkeypatch, tmp_path):
+    rows = {f"dinov3_large [backbone.args.checkpoint=...{i}]": "DINOv3 large [protocol.name=original, "
+            f"weights=...{i:024d}, backbone.args.checkpoint=.../checkpoints/run{i}]" for i in range(3)}
+    drawn = {}
+    save = figures._save
+
+    def check(fig, stem):
+        fig.canvas.draw()
+        box, canvas = fig.legends[0].get_window_extent(), fig.bbox
+        inside = box.x0 >= 0 and box.y0 >= 0 and box.x1 <= canvas.x1 and box.y1 <= canvas.y1
+        texts = [t.get_text() for t in fig.legends[0].get_texts()]
+        drawn[stem.name] = (inside, texts, fig.axes[0].get_xlabel(), len(fig.axes[0].lines))
+        return save(fig, stem)
+
+    monkeypatch.setattr(figures, "_save", check)
+    figures.report_figures(_points(rows), tmp_path)
+    assert list(drawn) == ["top1_vs_budget_synthetic", "top1_vs_tokens_synthetic", "top1_vs_flops_synthetic",
+                           "top1_vs_time_synthetic"]
+    assert all(inside for inside, *_ in drawn.values())
+    for name in ("top1_vs_tokens_synthetic", "top1_vs_flops_synthetic"):
+        assert "efficiency frontier" in drawn[name][1]
+    inside, texts, xlabel, lines = drawn["top1_vs_time_synthetic"]
+    assert "efficiency frontier" not in texts and lines < drawn["top1_vs_flops_synthetic"][3]
+    assert xlabel.startswith("measured encode wall time per clip (s)")
+    assert sum(t.startswith("DINOv3 large [") for t in texts) == 3  # one entry per backbone entry
 
 
 def _table(values, low, high, compare="row") -> Table:

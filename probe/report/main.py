@@ -17,7 +17,9 @@ from probe.report import figures
 from probe.report.results import (
     METRICS,
     apply_filters,
+    coverage_frame,
     frame_to_markdown,
+    name_rows,
     paper_tables,
     repeated_runs,
     runs_frame,
@@ -30,11 +32,11 @@ from probe.report.results import (
 def write_report(folders: list[Path], out: Path, where: list[str], metric: str = "top1",
                  codec_clips: list[Path] = (), codec_budget: int = 2048, draw: bool = True) -> str:
     """Everything the command writes; returns the Markdown it prints."""
-    runs = apply_filters(runs_frame(folders), where)
+    runs = name_rows(apply_filters(runs_frame(folders), where))  # rows named by what differs among those kept
     if runs.empty:
         raise SystemExit(f"ovprobe-report: no runs left after --where {' '.join(where)}")
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "runs.csv", index=False)
+    runs.drop(columns="spec").to_csv(out / "runs.csv", index=False)
     sections = [f"# {len(runs)} runs from {', '.join(map(str, folders))}"]
     for name, table in paper_tables(runs, metric).items():
         markdown = to_markdown(table)
@@ -50,6 +52,10 @@ def write_report(folders: list[Path], out: Path, where: list[str], metric: str =
             f"**Runs sharing a configuration** ({conflicts} conflicting; cells above average them, "
             f"marked n=...)\n\n{frame_to_markdown(repeated.drop(columns='path'))}"
         )
+    coverage = coverage_frame(runs)
+    if not coverage.empty:
+        sections.append("**Test coverage under protocol=original** (the original's loader reads a permuted "
+                        f"part of the test clips per epoch)\n\n{frame_to_markdown(coverage)}")
     sections.append(f"chance: {', '.join(f'{c:.1f}' for c in sorted(runs['chance'].unique()))}%")
     report = "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(report)

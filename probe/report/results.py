@@ -2,12 +2,16 @@
 
 Every record found is a row; nothing is dropped. Runs that share a configuration (the semantic config
 hash, see `probe.record.config_hash`) are listed by `repeated_runs` as duplicates (same numbers) or
-conflicts (different numbers), and pivot cells that average several runs say how many.
+conflicts (different numbers). A table cell averages only repeats: runs whose whole resolved config and
+weights agree, seeds aside (`repeat_key`); runs of one backbone that differ in anything else (weights,
+epochs, protocol, ...) are rows of their own, named by the keys that differ (`name_rows`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probe.record import RECORD_FILE, config_hash
+from probe.record import RECORD_FILE, canonical_json, config_hash, semantic_config
 from probe.training.evaluate import paired_bootstrap, read_outcomes
 
 COLUMNS = (
@@ -25,7 +29,7 @@ COLUMNS = (
     ("sampling", "sampling"),
     ("budget", "budget"),
     ("tokens", "tokens/clip"),
-    ("top1", "top-1 (val-selected)"),
+    ("top1", "top-1"),
     ("top5", "top-5"),
     ("mean_class", "mean class"),
     ("grid_max", "max test top-1 over grid*"),
@@ -45,12 +49,55 @@ class RecordError(ValueError):
     """A record file that cannot be read as a run record."""
 
 
+# What the top-1 of a run is, by the protocol's selection rule (the record's `protocol.selection`).
+ORIGINAL_NUMBER = "max over test epochs (original protocol)"
+VAL_NUMBER = "top-1 (val-selected)"
+
+
+def _protocol(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's protocol block; records of `probe.from_run` hold a sentence instead of a block."""
+    protocol = record.get("protocol", {})
+    return protocol if isinstance(protocol, dict) else {"name": "stored probe", "selection": protocol}
+
+
 def _selection(record: dict[str, Any], val_fraction: float | None) -> str:
     """How the reported probe was chosen: the record's protocol says so (older records: on validation)."""
-    rule = record.get("protocol", {}).get("selection", "val")
+    rule = _protocol(record).get("selection", "val")
     if rule == "val" and val_fraction is not None:
         return f"val ({val_fraction:.0%} of train)"
     return rule
+
+
+def _number(selection: str) -> str:
+    """What a run's top-1 is: the original protocol's maximum over test epochs, or val-selected."""
+    if selection.startswith("max over test epochs"):
+        return ORIGINAL_NUMBER
+    return VAL_NUMBER if selection.startswith("val") else selection
+
+
+def _flat(node: Any, where: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{where}{key}.").items()}
+    return {where[:-1]: node}
+
+
+# Keys that differ between repeats of one configuration: the seed and the keys that follow it (a generated
+# task's data, the random sampler's test draws).
+SEED_KEYS = ("seed", "task.args.seed", "sampling.args.seed")
+
+
+def repeat_spec(record: dict[str, Any]) -> dict[str, Any]:
+    """Everything that makes a run's number what it is except its seed, flat (`probe.recipe.epochs`):
+    the semantic config and what it ran on (`weights` fingerprint, compute `dtype`, the clips' digests
+    unless the task is generated from the seed). Runs with equal specs are repeats."""
+    config = semantic_config(record.get("config", {}))
+    identity = dict(record.get("identity") or {})
+    identity.setdefault("weights", record["backbone"].get("fingerprint"))
+    if "seed" in config.get("task", {}).get("args", {}):
+        identity = {k: v for k, v in identity.items() if not k.endswith("_clips")}
+    spec = {k: v for k, v in _flat(config).items() if k not in SEED_KEYS}
+    spec["protocol.name"] = _protocol(record).get("name")
+    return {**spec, **{k: v for k, v in identity.items() if v is not None}}
 
 
 def record_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -75,10 +122,20 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     layers = kind.get("layers")
     backbone = kind["name"] + tokens + (f"{BLOCKS}{','.join(map(str, layers))}" if layers else "")
     val_fraction = config.get("probe", {}).get("recipe", {}).get("val_fraction")
+    selection = _selection(record, val_fraction)
+    coverage = metrics.get("original_coverage") or {}
+    spec = repeat_spec(record)
     return {
         "run_id": record.get("run_id"),
         "config_hash": config_hash(config, record.get("identity")) if config else None,
+        # Equal for repeats (same config and weights, seeds aside): what a table cell may average.
+        "repeat_key": hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:10],
+        "spec": canonical_json(spec),  # dropped from runs.csv; `name_rows` reads it
         "backbone": backbone,  # the config key: what --where and the CSV use
+        "weights": record["backbone"].get("fingerprint"),
+        "checkpoint": config.get("backbone", {}).get("args", {}).get("checkpoint"),
+        "protocol": _protocol(record).get("name"),
+        "epochs": config.get("probe", {}).get("recipe", {}).get("epochs"),
         "random_weights": random_weights,
         "backbone_label": backbone_label(backbone, random_weights),
         "task": record["data"]["task"],
@@ -91,14 +148,20 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         "tokens": sampling["tokens_per_clip"],
         "probe": config.get("probe", {}).get("name"),
         "seed": config.get("seed"),
-        "selection": _selection(record, val_fraction),
-        "selected_probe": metrics.get("selected", {}).get("probe"),
+        "selection": selection,
+        "number": _number(selection),  # what top1 is: val-selected, or the original's max over epochs
+        "selected_probe": (metrics.get("selected") or {}).get("probe"),
         "top1": test["top1"],
         "top1_low": test["top1_low"],
         "top1_high": test["top1_high"],
         "top5": test["top5"],
         "mean_class": test["mean_class"],
         "grid_max": grid_max["top1"] if grid_max else None,
+        # protocol=original: the number its 8-rank test loader would read (a permuted ~65% of the clips
+        # per epoch), and the full-set top-1 at that epoch.
+        "original_coverage_top1": coverage.get("top1"),
+        "full_set_top1": coverage.get("full_set_top1"),
+        "coverage_epoch": coverage.get("epoch"),
         "chance": 100 / record["data"]["num_classes"],
         "num_test": metrics.get("num_test"),
         # Encode time of a test clip (all views), measured when its feature store was written (records
@@ -171,16 +234,28 @@ def _cell(row: dict[str, Any], key: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of runs (top-1 with its bootstrap 95% interval)."""
-    header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    lines = [header, rule] + ["| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |" for r in rows]
+    """A Markdown table of runs (top-1 with its bootstrap 95% interval), its top-1 column titled by what
+    the number is (val-selected, or the original protocol's maximum over test epochs)."""
+    numbers = sorted({r["number"] for r in rows})
+    columns = [(k, numbers[0] if k == "top1" and len(numbers) == 1 else t) for k, t in COLUMNS]
+    if len(numbers) > 1:
+        columns.insert(columns.index(("top1", "top-1")) + 1, ("number", "top-1 is"))
+    header = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [header, rule] + ["| " + " | ".join(_cell(r, k) for k, _ in columns) + " |" for r in rows]
     chance = sorted({f"{r['chance']:.1f}" for r in rows})
     lines.append(
         f"\nchance: {', '.join(chance)}%. *The best test top-1 over all epochs and probes, chosen on the "
-        "test set (optimistic; not the original suite's number, which protocol=original computes); the "
-        "top-1 column selects on validation."
+        "test set (optimistic)."
+        + (" A val-selected top-1 selects probe and epoch on validation." if VAL_NUMBER in numbers else "")
     )
+    for r in rows:
+        if r.get("original_coverage_top1") is not None:
+            lines.append(
+                f"{r['run_id']}: {ORIGINAL_NUMBER} {r['top1']:.1f} on the full test set; the original's "
+                f"8-rank test loader reads {r['original_coverage_top1']:.1f} at epoch {r['coverage_epoch']} "
+                f"(full set at that epoch: {r['full_set_top1']:.1f})"
+            )
     return "\n".join(lines)
 
 
@@ -209,13 +284,61 @@ def load_record(path: Path) -> dict[str, Any]:
 
 
 def runs_frame(folders: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run record found under `folders`, with the record's folder (see `record_row`)."""
+    """One row per run record found under `folders`, with the record's folder (see `record_row`), and
+    its table row (`name_rows`)."""
     folders = list(folders)
     rows = [{**record_row(load_record(p)), "path": str(p.parent)} for p in find_records(folders)]
     if not rows:
         raise FileNotFoundError(f"no {RECORD_FILE} under {', '.join(map(str, folders))}; run `ovprobe` first")
-    frame = pd.DataFrame(rows)
-    return frame.sort_values(["task", "backbone", "sampling", "budget", "run_id"], ignore_index=True)
+    order = ["task", "backbone", "sampling", "budget", "run_id"]
+    return name_rows(pd.DataFrame(rows).sort_values(order, ignore_index=True))
+
+
+# The coordinates of a table cell: runs that share them and differ in anything else are not repeats.
+CELL = ["backbone", "task", "sampling", "budget", "frames_equiv"]
+
+
+def name_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with each run's table row. Among the runs of a backbone, the keys that differ within a
+    cell set rows apart; a run's `variant` names the protocol and the weights where they differ, and
+    every other such key where its value is not the backbone's most common one ("" when runs never
+    differ). `row` is the backbone key plus the variant, `row_label` its display name (at most
+    `SHOWN_KEYS` keys, then how many more). Repeats (equal `repeat_key`) always share a row; runs that
+    are not never do."""
+    specs = [{k: canonical_json(v) for k, v in json.loads(s).items()} for s in frame["spec"]]
+    differing: dict[str, set[str]] = {}
+    for cell, index in frame.groupby(CELL, dropna=False, sort=False).groups.items():
+        members = [specs[i] for i in index]
+        keys = set().union(*members)
+        differing.setdefault(cell[0], set()).update(k for k in keys if len({m.get(k) for m in members}) > 1)
+    usual = {}  # per backbone and differing key, its most common value
+    for backbone, index in frame.groupby("backbone", sort=False).groups.items():
+        counts = {k: Counter(specs[i].get(k) for i in index) for k in differing[backbone]}
+        usual[backbone] = {k: count.most_common(1)[0][0] for k, count in counts.items()}
+    variants, shown = [], []
+    for spec, backbone in zip(specs, frame["backbone"], strict=True):
+        keys = [k for k in differing[backbone] if k in FIRST_KEYS or spec.get(k) != usual[backbone][k]]
+        keys.sort(key=lambda k: (FIRST_KEYS.index(k) if k in FIRST_KEYS else len(FIRST_KEYS), k))
+        named = [f"{k}={_short(spec.get(k))}" for k in keys]
+        variants.append(", ".join(named))
+        more = f", +{len(named) - SHOWN_KEYS} more keys" if len(named) > SHOWN_KEYS else ""
+        shown.append(", ".join(named[:SHOWN_KEYS]) + more)
+    return frame.assign(
+        variant=variants,
+        row=[b + (f" [{v}]" if v else "") for b, v in zip(frame["backbone"], variants, strict=True)],
+        row_label=[b + (f" [{v}]" if v else "") for b, v in zip(frame["backbone_label"], shown, strict=True)],
+    )
+
+
+# Differing keys a row names first, and how many keys a row label shows (`variant` holds them all).
+FIRST_KEYS = ("protocol.name", "weights", "backbone.args.checkpoint")
+SHOWN_KEYS = 4
+
+
+def _short(value: str | None) -> str:
+    """A config value (canonical JSON) as a row names it: long ones (paths) by their last 24 characters."""
+    text = "null" if value is None else value.strip('"')
+    return text if len(text) <= 24 else "..." + text[-24:]
 
 
 def apply_filters(frame: pd.DataFrame, filters: Iterable[str]) -> pd.DataFrame:
@@ -319,7 +442,7 @@ def paper_tables(frame: pd.DataFrame, metric: str = "top1") -> dict[str, Table]:
     """The paper's tables: backbones x tasks (+ average) per setting (uniform: N frames, codec: N
     patches), and budgets x sampling per backbone and task. Keys are file stems."""
     tables: dict[str, Table] = {}
-    labels = dict(zip(frame["backbone"], frame["backbone_label"], strict=True))
+    labels = dict(zip(frame["row"], frame["row_label"], strict=True))
     order = sorted(frame["setting"].unique(), key=_setting_order)
     for setting in order:
         runs = frame[frame["setting"] == setting]
@@ -328,22 +451,48 @@ def paper_tables(frame: pd.DataFrame, metric: str = "top1") -> dict[str, Table]:
         amount = f"{count} {unit}" + ("" if count == "1" else "es" if unit == "patch" else "s")
         for grid, group in _by_grid(runs, unit):
             name = f"backbones_tasks_{setting}" + (f"_{grid}grid" if grid else "")
+            rows = group.drop(columns="backbone").rename(columns={"row": "backbone"})  # one row per entry
             tables[name] = pivot(
-                group, "backbone", "task", metric, average=True,
-                title=f"{METRICS[metric]}: backbones x tasks, {sampling} sampling, {amount}"
+                rows, "backbone", "task", metric, average=True,
+                title=f"{_metric_title(group, metric)}: backbones x tasks, {sampling} sampling, {amount}"
                 + (f" of a {grid} patch grid" if grid else ""),
             )
             tables[name].labels = labels
-    for (task, backbone), runs in frame.groupby(["task", "backbone"], sort=True):
+    for (task, backbone), runs in frame.groupby(["task", "row"], sort=True):
         table = pivot(
             runs, ["budget", "frames_equiv"], "sampling", metric, compare="row",
-            title=f"{METRICS[metric]}: {labels[backbone]} on {task}, budget (patches, frames) x sampling",
+            title=f"{_metric_title(runs, metric)}: {labels[backbone]} on {task}, budget (patches, frames) "
+            "x sampling",
         )
         if metric == "top1" and set(CONTROL) <= set(runs["sampling"]):
             table.difference = paired_difference(runs, *CONTROL, ["budget", "frames_equiv"])
             table.difference_label = " - ".join(CONTROL)
-        tables[f"budgets_{task}_{_slug(backbone)}"] = table
+        variant = runs["variant"].iloc[0]  # a row of its own: its file stem ends in the variant's hash
+        suffix = f"_{hashlib.sha256(variant.encode()).hexdigest()[:8]}" if variant else ""
+        tables[f"budgets_{task}_{_slug(runs['backbone'].iloc[0])}{suffix}"] = table
     return tables
+
+
+def _metric_title(runs: pd.DataFrame, metric: str) -> str:
+    """What a table's numbers are; top-1 under protocol=original is its maximum over test epochs."""
+    if metric != "top1" or ORIGINAL_NUMBER not in set(runs["number"]):
+        return METRICS[metric]
+    if set(runs["number"]) == {ORIGINAL_NUMBER}:
+        return f"top-1 (%), {ORIGINAL_NUMBER}"
+    return f"top-1 (%): val-selected, or {ORIGINAL_NUMBER} in rows of protocol.name=original"
+
+
+def coverage_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The protocol=original runs that carry the original loader's test coverage: its number beside the
+    full-set top-1 at the same epoch."""
+    if "original_coverage_top1" not in frame or frame["original_coverage_top1"].isna().all():
+        return frame.iloc[:0]
+    runs = frame[frame["original_coverage_top1"].notna()]
+    return runs[["run_id", "row", "task", "setting", "top1", "coverage_epoch", "original_coverage_top1",
+                 "full_set_top1"]].rename(columns={
+        "top1": ORIGINAL_NUMBER, "coverage_epoch": "epoch",
+        "original_coverage_top1": "as the original's 8-rank test loader reads it",
+        "full_set_top1": "full test set at that epoch"})
 
 
 # The comparison the budgets tables carry: does codec selection beat random patches at the same budget?

@@ -1,5 +1,5 @@
 """`python -m probe.run` (and torchrun's `-m probe.run`): the `ovprobe` command."""
 
-from probe.run.main import main
+from probe.run.cli import main
 
 main()

@@ -9,29 +9,24 @@ torchrun or srun, the processes share the work (`probe.distributed`).
 from __future__ import annotations
 
 import logging
-import os
+import logging.handlers
 import re
-import shutil
-import sys
-import tempfile
 import time
 import zlib
-from collections.abc import Iterable
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
 
 from backbones import Backbone, create_backbone, list_backbones
+from backbones.weights import CheckpointError, resolve_checkpoint_dir
 from probe import distributed
 from probe.files import exclusive
 from probe.record import (
-    ResultsDirError,
     RunSlot,
     check_writable,
     claim_run,
@@ -41,7 +36,10 @@ from probe.record import (
     versions,
     write_record,
 )
-from probe.report.results import format_table, record_row
+
+# `ovprobe` itself lives in `probe.run.cli` (no torch at import: config mistakes are refused fast); its
+# entry and its list of user errors stay importable from here.
+from probe.run.cli import _user_errors, main  # noqa: F401
 from probe.run.schema import ConfigError, check_run_config
 from probe.run.stream import StreamingFeatures
 from probe.store.features import FINGERPRINT_CACHE, FeatureStore, clips_digest, extract_features
@@ -66,8 +64,10 @@ from tasks import (
     list_tasks,
     open_video,
 )
+from tasks.datasets.registry import task_is_generated
 from tasks.loader import sample_or_skip
 from tasks.sampling.augment import ColorJitter, summarise
+from tasks.sampling.samplers import BudgetSampler
 
 log = logging.getLogger("ovprobe")
 
@@ -102,7 +102,8 @@ def resolve_dtype(args: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """The whole config against `probe.run.schema` and the registries, before any work."""
+    """The whole config against `probe.run.schema` and the registries, and a checkpoint folder on disk
+    (a file, or a path that does not exist), before any work."""
     check_run_config(
         config,
         {"backbone.name": list_backbones(), "task.name": list_tasks(), "sampling.name": list_samplers()},
@@ -111,6 +112,56 @@ def check_config(config: dict[str, Any]) -> None:
         Recipe(**config["probe"]["recipe"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"probe.recipe: {err}") from err
+    checkpoint = config["backbone"]["args"].get("checkpoint")
+    if checkpoint is not None:
+        try:
+            resolve_checkpoint_dir(checkpoint)
+        except CheckpointError as err:
+            raise ConfigError(f"backbone.args.checkpoint: {err}") from err
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' loading report (a page of weight names) is held back while a backbone loads:
+    replayed when the weights load, dropped when they fail (`build_backbone` says why in one line)."""
+    library = logging.getLogger("transformers")
+    held = logging.handlers.BufferingHandler(capacity=100_000)
+    saved = list(library.handlers)
+    for handler in saved:
+        library.removeHandler(handler)
+    library.addHandler(held)
+    loaded = False
+    try:
+        yield
+        loaded = True
+    finally:
+        added = [h for h in library.handlers if h is not held]  # a handler transformers' import adds
+        library.removeHandler(held)
+        for handler in saved + added:
+            library.addHandler(handler)
+        for record in held.buffer if loaded else []:
+            library.handle(record)
+
+
+def build_backbone(config: dict[str, Any], device: torch.device) -> Backbone:
+    """The configured backbone on `device`; weights that do not load into it (another architecture's
+    checkpoint) are one line naming the checkpoint, not the library's loading report."""
+    name, args = config["backbone"]["name"], resolve_dtype(config["backbone"]["args"], device)
+    try:
+        with quiet_loading():
+            backbone = create_backbone(name, **args)
+    except CheckpointError as err:  # ovprobe's own message; a list of weight names cut short
+        why = str(err).splitlines()[0]
+        raise ConfigError(f"backbone.args.checkpoint: {why[:300]}{'...' if len(why) > 300 else ''}") from err
+    except RuntimeError as err:  # the library's: another architecture's weights
+        if args.get("checkpoint") is None:
+            raise
+        raise ConfigError(
+            f"backbone.args.checkpoint={args['checkpoint']} does not load into {name} (its weights' names "
+            "or shapes differ from the model's); is it a checkpoint of another architecture? pick the "
+            "backbone it belongs to"
+        ) from err
+    return backbone.to(device)
 
 
 def patch_budget(sampling: dict[str, Any], backbone: Backbone) -> tuple[int, int]:
@@ -154,9 +205,17 @@ def build_sampler(sampling: dict[str, Any], backbone: Backbone, cache_dir: str) 
             cache_dir=str(Path(cache_dir).expanduser() / "codec"),
         )
     try:
-        return create_sampler(sampling["name"], **common, **specific, **sampling["args"])
+        sampler = create_sampler(sampling["name"], **common, **specific, **sampling["args"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"sampling={sampling['name']} with {backbone.name}: {err}") from err
+    if backbone.prefix_kept and isinstance(sampler, BudgetSampler):
+        raise ConfigError(
+            f"backbone.args.keep_prefix (also set by backbone.args.reference=true, which protocol=original "
+            f"implies) keeps each frame's class/register tokens and needs whole frames, but "
+            f"sampling={sampling['name']} spends a patch budget; use sampling=uniform, or "
+            "backbone.args.reference=false backbone.args.keep_prefix=false for patch budgets"
+        )
+    return sampler
 
 
 def view_rng(seed: int, view: int, clip_id: str, stream: int = 0) -> np.random.Generator:
@@ -303,6 +362,16 @@ def check_task(config: dict[str, Any], task: Task) -> None:
 
 
 
+def make_task(config: dict[str, Any]) -> Task:
+    """The configured task (generated once, by process 0 first), checked against the config."""
+    with distributed.main_first():  # a generated task is generated once; a missing data root fails here
+        task = create_task(
+            config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
+        )
+    check_task(config, task)
+    return task
+
+
 def training_features(
     config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler, clips_key: str | None = None
 ) -> FeatureStore | StreamingFeatures:
@@ -349,19 +418,6 @@ def protocol_record(config: dict[str, Any], result: GridResult) -> dict[str, Any
             "full_set_top1: every test clip once, same epoch"
         )
     return out
-
-
-def check_whole_frames(config: dict[str, Any], backbone: Backbone) -> None:
-    """A backbone that keeps each frame's class/register tokens needs whole frames: refused before any work
-    with a patch-budget sampler (`backbone.args.reference`, which protocol=original implies)."""
-    if backbone.prefix_kept and config["sampling"]["name"] != "uniform":
-        implied = " (implied by protocol=original)" if config["protocol"].get("reference") else ""
-        raise ConfigError(
-            f"backbone.args.reference=true{implied} or keep_prefix=true keeps {backbone.name}'s class/"
-            f"register tokens, which needs whole frames, but sampling={config['sampling']['name']} keeps "
-            "patches; set "
-            "backbone.args.reference=false backbone.args.keep_prefix=false, or use sampling=uniform"
-        )
 
 
 def head_config(
@@ -414,16 +470,15 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     device = distributed.init(resolve_device(config["device"]))
     distributed.on_main(lambda: check_writable(config["results_dir"]))
     check_writable(Path(config["cache_dir"]).expanduser(), "cache folder", "cache_dir")  # every node's view
+    # A task read from disk first (a missing data root fails before any backbone is built); a generated
+    # one after the backbone and sampler are checked (nothing is written for a config that would fail).
+    generated = task_is_generated(config["task"]["name"])
+    task = None if generated else make_task(config)
+    backbone = build_backbone(config, device)
+    sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
+    task = task or make_task(config)
     lock = Path(config["cache_dir"]).expanduser() / "probes" / f"{run_id(config)}.lock"  # by its checkpoints
     distributed.on_main(lambda: held.enter_context(exclusive(lock, f"run {run_id(config)}", wait=False)))
-    with distributed.main_first():  # a generated task is generated once; a missing data root fails here
-        task = create_task(
-            config["task"]["name"], **{"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
-        )
-    check_task(config, task)
-    backbone_args = resolve_dtype(config["backbone"]["args"], device)
-    backbone = create_backbone(config["backbone"]["name"], **backbone_args).to(device)
-    check_whole_frames(config, backbone)
     # Process 0 fingerprints the videos once; every process keys its stores on the same digests.
     identity = distributed.on_main(lambda: run_identity(config, backbone, task))
     slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
@@ -436,7 +491,6 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
         log.warning(
             "%s has RANDOM weights: numbers measure the pipeline, not a pretrained model", backbone.name
         )
-    sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
     budget, _ = patch_budget(config["sampling"], backbone)
     grid = backbone.preprocess.size // backbone.patch_size
     if config["probe"].get("from_run"):
@@ -580,25 +634,6 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     return distributed.on_main(finish)
 
 
-# `ovprobe` with no arguments: the embedded default, a comparison of samplers on the generated task.
-# Two learning rates, not the generated task's three: 1e-4 was never selected for any of the three
-# samplers, and the default must finish in 10 minutes on 2 CPU cores (README "What ./dev ovprobe does").
-EMBEDDED_DEFAULT = ("--multirun", "sampling=uniform,codec,random", "probe.recipe.lrs=[1.0e-3,3.0e-4]")
-
-class CheckResultsDir(Callback):
-    """Hydra callback: a results_dir that cannot be written or is full stops the invocation with ovprobe's
-    message before Hydra writes its own files there (and fails with an OSError of its own)."""
-
-    def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        if distributed.launch_from_env().rank == 0:
-            try:
-                check_writable(config.results_dir)
-            except ResultsDirError as err:
-                raise SystemExit(f"ovprobe: {err}") from err
-
-    on_multirun_start = on_run_start
-
-
 def evaluate_stored_probe(
     config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler, slot: RunSlot,
     device: torch.device, budget: int,
@@ -648,125 +683,3 @@ def evaluate_stored_probe(
         "timings": {"total_s": time.perf_counter() - started},
     }
     return distributed.on_main(lambda: write_record(slot, record))
-
-
-class PrintSummary(Callback):
-    """Hydra callback: print one table of the runs of an invocation (a sweep or a single run), and the
-    runs of a sweep that failed, each with its one-line reason."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.failed: list[tuple[list[str], str]] = []  # (the job's overrides, why it failed)
-        self.overrides: list[list[str]] = []  # every job's, to name a failed job by what varies
-
-    def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
-        self.overrides.append(list(job_return.overrides or []))
-        if job_return.status != JobStatus.COMPLETED:
-            return
-        value = job_return.return_value
-        if isinstance(value, JobFailure):
-            self.failed.append((self.overrides[-1], value.reason))
-        else:
-            self.rows.append(record_row(value))
-
-    def on_run_end(self, config: Any, **kwargs: Any) -> None:
-        if distributed.launch_from_env().rank != 0:
-            return
-        if self.rows:
-            print("\n" + format_table(self.rows))
-        if self.failed:
-            shared = set.intersection(*(set(o) for o in self.overrides))
-            lines = [f"{' '.join(o for o in job if o not in shared)}: {why}" for job, why in self.failed]
-            print(f"\n{len(lines)} run(s) failed:\n" + "\n".join(f"  {line}" for line in lines))
-            FAILED.extend(lines)
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        self.on_run_end(config)
-        _remove_if_empty(Path(config.hydra.sweep.dir), keep={"multirun.yaml"})
-
-
-@dataclass
-class JobFailure:
-    """A sweep's job that stopped on a user error: the sweep goes on and lists it at the end."""
-
-    reason: str
-
-
-FAILED: list[str] = []  # the invocation's failed sweep jobs, for the exit status
-
-
-def _remove_if_empty(folder: Path, keep: set[str]) -> None:
-    """Drop a log folder that holds nothing but Hydra's own bookkeeping (`keep`, `.hydra`)."""
-    if folder.is_dir() and {p.name for p in folder.iterdir()} <= keep | {".hydra"}:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-# Errors that mean "fix your input": reported as one clear line instead of a traceback.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from backbones.registry import UnknownBackboneError
-    from backbones.weights import CheckpointError
-    from probe.files import DiskFullError, InUseError
-    from probe.record import ResultsDirError, RunExistsError
-    from probe.store.features import NonFiniteTokensError, StoreTooLargeError
-    from probe.training.train import NonFiniteLossError
-    from tasks import AnnotationError, VideoDecodeError
-
-    return (
-        ConfigError,
-        UnknownBackboneError,
-        CheckpointError,
-        ResultsDirError,
-        RunExistsError,
-        AnnotationError,
-        VideoDecodeError,
-        DiskFullError,
-        NonFiniteLossError,
-        InUseError,
-        NonFiniteTokensError,
-        StoreTooLargeError,
-    )
-
-
-def _quiet_secondary_process(rank: int) -> None:
-    """Processes other than 0 keep Hydra's files in a scratch folder of their own (one per user and
-    rank, reused, so killed jobs leave nothing behind), never in results_dir, and leave announcing the
-    jobs to process 0."""
-    scratch = Path(tempfile.gettempdir()) / f"ovprobe-hydra-{os.getuid()}-rank{rank}"
-    sys.argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra/hydra_logging=disabled"]
-
-
-def main() -> None:
-    """`ovprobe [overrides]`: one run; `ovprobe -m ...`: a sweep; no arguments: the embedded default."""
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import DictConfig, OmegaConf
-
-    launch = distributed.launch_from_env()
-    if len(sys.argv) == 1:
-        sys.argv += EMBEDDED_DEFAULT
-    if launch.rank > 0:
-        _quiet_secondary_process(launch.rank)
-
-    @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-    def app(cfg: DictConfig) -> dict[str, Any] | JobFailure:
-        if launch.rank > 0:  # process 0 tells the story; the others only warn
-            logging.getLogger().setLevel(logging.WARNING)
-        hydra_cfg = HydraConfig.get()
-        job_dir = Path(hydra_cfg.runtime.output_dir)
-        config = OmegaConf.to_container(cfg, resolve=True)
-        try:
-            record = run(config, log_file=job_dir / f"{hydra_cfg.job.name}.log")
-        except _user_errors() as err:
-            if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; the summary lists this job
-                log.error("ovprobe: %s", err)
-                return JobFailure(str(err))
-            raise SystemExit(f"ovprobe: {err}") from err
-        if record.get("log_file") != str(job_dir / f"{hydra_cfg.job.name}.log"):  # reused: no new log
-            _remove_if_empty(job_dir, keep={f"{hydra_cfg.job.name}.log"})
-        return record
-
-    app()
-    if FAILED:
-        raise SystemExit(1)
-

@@ -79,6 +79,48 @@ class HeadPositions(str, Enum):
     rope = "rope"
 
 
+class HeadKind(str, Enum):
+    attentive = "attentive"
+    original = "original"
+
+
+class KvNorm(str, Enum):
+    layer = "layer"
+    none = "none"
+
+
+class PoolNorm(str, Enum):
+    layer = "layer"
+    rms = "rms"
+
+
+class Selection(str, Enum):
+    val = "val"
+    test_max = "test_max"
+
+
+class ComputeDtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class SparseMode(str, Enum):
+    native = "native"
+    full_frames_then_gather = "full_frames_then_gather"
+
+
+class BrightnessMode(str, Enum):
+    shift = "shift"
+    multiplier = "multiplier"
+
+
+class ProtocolName(str, Enum):
+    honest = "honest"
+    original = "original"
+
+
 def _at_least(low: float, strict: bool = False) -> dict[str, Any]:
     return {"low": low, "strict": strict}
 
@@ -111,8 +153,25 @@ class Task:
 
 
 @dataclass
+class BackboneArgs:
+    """The arguments every family shares (a family's own ones are checked by its constructor)."""
+
+    checkpoint: str | None = None  # checked on disk by `probe.run.main.check_config`
+    random_init: bool | None = None
+    dtype: ComputeDtype = ComputeDtype.auto
+    seed: int = 0
+    input_size: int | None = field(default=None, metadata=_at_least(1))
+    layers: list[int] | None = None
+    frame_batch: int = field(default=64, metadata=_at_least(1))
+    sparse_mode: SparseMode = SparseMode.native
+    keep_prefix: bool | None = None
+    reference: bool = False
+
+
+@dataclass
 class Backbone:
     name: str = "onevision_tiny"
+    args: BackboneArgs = field(default_factory=BackboneArgs)
 
 
 @dataclass
@@ -122,6 +181,11 @@ class Head:
     temporal_pos: TemporalPos = TemporalPos.auto
     norm: HeadNorm = HeadNorm.layer
     positions: HeadPositions = HeadPositions.none
+    kind: HeadKind = HeadKind.attentive
+    kv_norm: KvNorm = KvNorm.layer
+    query_residual: bool = True
+    pool_norm: PoolNorm = PoolNorm.layer
+    query_init_std: float = field(default=0.02, metadata=_at_least(0, strict=True))
 
 
 @dataclass
@@ -137,6 +201,8 @@ class Recipe:
     view_space: ViewSpace = ViewSpace.logit
     bootstrap: int = field(default=1000, metadata=_at_least(0))
     grid: GridTrainer = GridTrainer.auto
+    selection: Selection = Selection.val
+    track_test: bool | None = None
     drop_last: bool = False
     coverage_ranks: int = field(default=0, metadata=_at_least(0))
 
@@ -146,6 +212,23 @@ class Probe:
     name: str = "attentive"
     head: Head = field(default_factory=Head)
     recipe: Recipe = field(default_factory=Recipe)
+    from_run: str | None = None
+
+
+@dataclass
+class ColorJitter:
+    enabled: bool = True
+    brightness_mode: BrightnessMode = BrightnessMode.shift
+
+
+@dataclass
+class Augment:
+    color_jitter: ColorJitter = field(default_factory=ColorJitter)
+
+
+@dataclass
+class Protocol:
+    name: ProtocolName = ProtocolName.honest
 
 
 @dataclass
@@ -155,6 +238,8 @@ class RunConfig:
     sampling: Sampling = field(default_factory=Sampling)
     probe: Probe = field(default_factory=Probe)
     extract: Extract = field(default_factory=Extract)
+    augment: Augment = field(default_factory=Augment)
+    protocol: Protocol = field(default_factory=Protocol)
     seed: int = 0
     device: str = field(
         default="auto",
@@ -261,3 +346,21 @@ def _range(rules: Any) -> str:
         return ""
     text = f" {'>' if rules.get('strict') else '>='} {low:g}"
     return text + (f" and < {below:g}" if below is not None else "")
+
+
+# Keys that say the same thing two ways: set together on one command line, neither would say which won.
+CONFLICTS = (
+    ("sampling.budget", "sampling.frames_equiv", "a budget in patches or one in frames: set one of them"),
+)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Raise `ConfigError` when the command line sets two keys that conflict (`CONFLICTS`), naming both."""
+    given = {}
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and value not in ("null", ""):
+            given[key] = value
+    for first, second, why in CONFLICTS:
+        if first in given and second in given:
+            raise ConfigError(f"{first}={given[first]} and {second}={given[second]} conflict: {why}")

@@ -211,19 +211,29 @@ def json_records(path: Path) -> Iterable[tuple[str, Any]]:
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
+_GENERATED: set[str] = set()  # tasks whose creation writes their videos
 
 
-def register_task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
-    """Register a task class or factory under its name (or `name`); usable as `@register_task`."""
+def register_task(fn: Callable[..., Task] | None = None, *, name: str | None = None, generated: bool = False):
+    """Register a task class or factory under its name (or `name`); usable as `@register_task`.
+    `generated`: creating the task writes its videos (the run checks everything else first)."""
 
     def wrap(f: Callable[..., Task]) -> Callable[..., Task]:
         key = name or f.__name__
         if key in _REGISTRY:
             raise ValueError(f"task {key!r} is registered twice")
         _REGISTRY[key] = f
+        if generated:
+            _GENERATED.add(key)
         return f
 
     return wrap(fn) if fn is not None else wrap
+
+
+def task_is_generated(name: str) -> bool:
+    """Whether creating task `name` writes files (a generated task) rather than reading them."""
+    _import_tasks()
+    return name in _GENERATED
 
 
 def list_tasks(pattern: str = "*") -> list[str]:

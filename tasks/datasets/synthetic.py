@@ -251,7 +251,7 @@ def _write_task(cfg: SyntheticConfig, digits_path: Path, folder: Path, progress:
     (folder / "DONE").write_text(json.dumps(asdict(cfg), indent=1), encoding="utf-8")
 
 
-@register_task(name="synthetic")
+@register_task(name="synthetic", generated=True)
 def synthetic(cache_dir: str | Path | None = None, digits: str | Path | None = None,
               on_bad_record: str = "error", progress: Progress = True, **params: Any) -> ListTask:
     """The generated task (see the module docstring); `params` are `SyntheticConfig` fields."""
