@@ -232,6 +232,14 @@ def test_the_docs_show_every_kind_of_command() -> None:
     assert ILLUSTRATIVE <= shown_texts, f"not shown any more: {ILLUSTRATIVE - shown_texts}"
 
 
+def test_the_readme_stays_a_landing_page() -> None:
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 160, f"README.md: {len(lines)} lines; move details to a guide in docs/ and link it"
+    linked = set(re.findall(r"\]\(docs/(\w+\.md)\)", "\n".join(lines)))
+    guides = {doc.name for doc in DOCS[1:]}
+    assert linked == guides, f"guides not linked from the README: {guides - linked}"
+
+
 def test_a_wrong_command_in_a_doc_is_caught(tmp_path: Path, monkeypatch) -> None:
     """What a stale doc would show fails: a renamed value, a sweep without -m, a placeholder, a bad flag."""
     doc = tmp_path / "guide.md"
