@@ -46,6 +46,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="decoder threads per reader")
     args = parser.parse_args()
+    missing = [name for name in VIDEOS if not (args.fixtures / "videos" / name).is_file()]
+    if missing:
+        raise SystemExit(f"bench_decode: {', '.join(missing)} not in {args.fixtures / 'videos'}; point "
+                         "--fixtures or OVPROBE_FIXTURES at the fixtures (default: ../shared/fixtures)")
 
     print(f"{'video':<18} {'frames':>6} {'mode':<10} {'decord fps':>11} {'pyav fps':>10} {'decord/pyav':>12}")
     for name in VIDEOS:
