@@ -26,8 +26,10 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import probe.report.main
+import probe.run.main
 import probe.run.select
-from probe.run.main import EMBEDDED_DEFAULT, check_config, compose_config
+from probe.run.cli import EMBEDDED_DEFAULT
+from probe.run.main import check_config, compose_config
 from tests.test_eval_scripts import script_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +210,13 @@ def check_script(shown: Shown) -> int:
     overrides = first[first.index("probe.run") + 1:] if first[0] == "torchrun" else first[1:]
     compose_and_check(overrides)
     return 1
+
+
+@pytest.fixture(autouse=True)
+def shown_checkpoints_exist(monkeypatch) -> None:
+    """A checkpoint folder in the docs (`/ckpt/...`) is the reader's: whether it is on this disk is not the
+    docs' to prove (`check_config` refuses a missing one, `tests/test_mistakes.py`)."""
+    monkeypatch.setattr(probe.run.main, "resolve_checkpoint_dir", Path)
 
 
 @pytest.mark.parametrize("shown", SHOWN, ids=lambda s: f"{s.where}:{s.program.rsplit('/', 1)[-1]}")
