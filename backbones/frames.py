@@ -141,18 +141,18 @@ class FrameBackbone(Backbone):
         needed, which = torch.unique(frame_ids, return_inverse=True)
         pixels = frames.reshape(b * t, h, w, 3)[needed.to(frames.device)]
         patch = positions[..., 1] * (w // self.patch_size) + positions[..., 2]
-        chunks = range(0, len(needed), self.frame_batch)
 
-        def normalised(i: int) -> torch.Tensor:
-            chunk = pixels[i : i + self.frame_batch].to(param.device)
+        def normalised(rows: torch.Tensor) -> torch.Tensor:
+            chunk = pixels[rows.to(pixels.device)].to(param.device)
             return self.preprocess.normalize(chunk).transpose(0, 1).to(param.dtype)
 
         if self.prefix_kept:
             self._check_whole_frames(which, len(needed), (h // self.patch_size) * (w // self.patch_size))
         # Every output below is [L, ...]: one per probed block (`layers`), or the model's output alone.
         if self.prefix_kept or self.sparse_mode == "full_frames_then_gather":
-            outputs = [self.layer_outputs(partial(self.frame_tokens, normalised(i))) for i in chunks]
-            hidden = torch.cat(outputs, dim=1)
+            rows = torch.arange(len(needed), device=param.device).split(self.frame_batch)
+            hidden = torch.cat([self.layer_outputs(partial(self.frame_tokens, normalised(r))) for r in rows],
+                               dim=1)
             tokens = hidden[:, which, self.vit_shape().prefix + patch]
             if self.prefix_kept:
                 # `needed` is sorted by (view, frame) and every view has the same number of whole frames.
@@ -169,13 +169,24 @@ class FrameBackbone(Backbone):
         index = torch.zeros(len(needed), int(counts.max()), dtype=torch.long, device=which.device)
         index[which, rank] = patch
         valid = torch.arange(index.shape[1], device=which.device)[None] < counts[:, None]
-        step = self.frame_batch
-        tokens = torch.cat([
-            self.layer_outputs(partial(self.kept_patch_tokens, normalised(i), index[i : i + step],
-                                       valid[i : i + step]))
-            for i in chunks
-        ], dim=1)
+        tokens: torch.Tensor | None = None
+        for group in self.sparse_groups(counts):
+            k = int(counts[group].max())
+            for rows in group.split(self.frame_batch):
+                out = self.layer_outputs(partial(self.kept_patch_tokens, normalised(rows), index[rows, :k],
+                                                 valid[rows, :k]))
+                if tokens is None:
+                    tokens = out.new_zeros(len(out), len(needed), index.shape[1], out.shape[-1])
+                tokens[:, rows, :k] = out
         return self.layer_after_layer(tokens[:, which, rank].reshape(len(tokens), b, -1, tokens.shape[-1]))
+
+    def sparse_groups(self, counts: torch.Tensor) -> list[torch.Tensor]:
+        """Native sparse input: which frames (by their kept-patch `counts`) go through the model together,
+        in batches of `frame_batch`. Here frames of equal count, so nothing is padded: a frame costs its
+        kept patches (`encode_cost`), and a whole frame (the codec's first) does not pad the sparse ones.
+        A family whose attention packs variable-length frames (`cu_seqlens`) takes them all at once."""
+        counts, frames = torch.sort(counts, stable=True)
+        return list(frames.split(torch.unique_consecutive(counts, return_counts=True)[1].tolist()))
 
     def _check_whole_frames(self, which: torch.Tensor, frames: int, per_frame: int) -> None:
         """The class/register tokens are kept for whole frames only: under a patch budget, a frame's class

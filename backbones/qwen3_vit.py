@@ -103,6 +103,10 @@ class Qwen3VitBackbone(FrameBackbone):
         )
         return groups, torch.tensor([[1, gh, gw]], device=pixels.device).expand(f, 3)
 
+    def sparse_groups(self, counts: torch.Tensor) -> list[torch.Tensor]:
+        """All frames together: each is its own attention segment of its own length, nothing padded."""
+        return [torch.arange(len(counts), device=counts.device)]
+
     def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
                           ) -> torch.Tensor:
         """Each frame's kept patch groups, packed with their learned-grid position embeddings and (h, w)
