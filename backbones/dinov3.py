@@ -63,7 +63,7 @@ class Dinov3Backbone(FrameBackbone):
     def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
                           ) -> torch.Tensor:
         """The class and register tokens plus the kept patch tokens, each rotated by its own (h, w) RoPE
-        position, through the blocks; padding is masked out of attention."""
+        position, through the blocks (frames of equal kept count: `sparse_groups`, nothing to mask)."""
         model, embeddings = self.model, self.model.embeddings
         conv = embeddings.patch_embeddings  # applied to the kept patches only, as a matrix product
         frame = pixels[:0]  # no pixels: its shape, dtype and device set the RoPE table
@@ -74,13 +74,8 @@ class Dinov3Backbone(FrameBackbone):
         hidden = torch.cat([prefix.expand(len(kept), -1, -1), patches], dim=1)
         prefix = prefix.shape[1]
         cos, sin = (table[index][:, None] for table in model.rope_embeddings(frame))  # [F, 1, K, head]
-        mask = None
-        if not bool(valid.all()):
-            keep = torch.cat([valid.new_ones(len(valid), prefix), valid], dim=1)
-            mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
-            mask = mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)[:, None, None]
         for layer in model.model.layer:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
+            hidden = layer(hidden, position_embeddings=(cos, sin))
         return model.norm(hidden)[:, prefix:]
 
 

@@ -121,7 +121,8 @@ class FrameBackbone(Backbone):
                           ) -> torch.Tensor:
         """Native sparse input (families listing "native" in `sparse_modes`): normalised frames
         `[F, 3, H, W]` and the raster indices `[F, K]` of each frame's kept patches (`valid` marks the real
-        ones, the rest is padding) -> `[F, K, D]` tokens computed from the kept patches alone."""
+        ones; the rest is padding, only where the family's `sparse_groups` mixes counts) -> `[F, K, D]`
+        tokens computed from the kept patches alone."""
         raise NotImplementedError
 
     def off_native_grid(self, pixels: torch.Tensor) -> bool:
@@ -210,7 +211,7 @@ class FrameBackbone(Backbone):
 
     def encode_cost(self, positions: torch.Tensor) -> EncodeCost:
         """Every frame a position points to is encoded once: all its patches, or in "native" mode the
-        kept ones (a sequence per frame)."""
+        kept ones (a sequence per frame, nothing padded: `sparse_groups`)."""
         _, kept = torch.unique(positions[:, 0], return_counts=True)
         if self.sparse_mode == "full_frames_then_gather" or self.prefix_kept:
             kept = torch.full_like(kept, (self.preprocess.size // self.patch_size) ** 2)

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel, SiglipVisionConfig, SiglipVisionModel
-from transformers.masking_utils import create_bidirectional_mask
 
 from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
@@ -87,15 +86,14 @@ class Siglip2Backbone(FrameBackbone):
     def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
                           ) -> torch.Tensor:
         """The kept patches, each with the position embedding of its place on the frame's grid (the
-        learned grid resized as NaFlex resizes it), through the blocks; padding is masked out."""
+        learned grid resized as NaFlex resizes it), through the blocks (frames of equal kept count:
+        `sparse_groups`, nothing to mask)."""
         model, embeddings = self.model, self.model.embeddings
         patches = self._patches(pixels)
         kept = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
         table = self._position_table(pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
         hidden = embeddings.patch_embedding(kept.to(table.dtype)) + table[index]
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden,
-                                         attention_mask=valid.long())
-        hidden = model.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
+        hidden = model.encoder(inputs_embeds=hidden).last_hidden_state
         return model.post_layernorm(hidden)
 
 

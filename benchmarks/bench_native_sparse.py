@@ -118,9 +118,10 @@ def main() -> None:
         whole: tuple[float, float] | None = None
         for mode in modes(name):
             kwargs = {"sparse_mode": mode} if mode else {}
-            backbone = create_backbone(name, input_size=size, **kwargs).to(device)
+            backbone = create_backbone(name, random_init=True, input_size=size, **kwargs).to(device)
             view = view_for(backbone, clip, args.budget, args.cache)
-            eager = create_backbone(name, input_size=size, attn_implementation="eager", **kwargs).to(device)
+            eager = create_backbone(name, random_init=True, input_size=size, attn_implementation="eager",
+                                    **kwargs).to(device)
             counted = counted_flops(eager, view, device)
             seconds = seconds_per_clip(backbone, view, device, args.repeats)
             cost = backbone.encode_cost(view.positions)

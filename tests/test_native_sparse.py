@@ -42,7 +42,7 @@ def test_kept_patches_are_encoded_alone_per_frame_and_cost_less(name):
     keep = torch.randperm(4 * grid**2, generator=torch.Generator().manual_seed(2))[:100].sort().values
     positions = dense_positions(np.arange(4), grid)[keep][None].expand(2, -1, -1)
     tokens = native.encode(frames, positions)
-    # Frames batched with padding give each frame's tokens as when it is encoded alone.
+    # Frames batched by kept count give each frame's tokens as when it is encoded alone.
     for b in range(2):
         for t in range(4):
             alone = positions[b, positions[b, :, 0] == t]
