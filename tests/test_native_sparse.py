@@ -42,7 +42,7 @@ def test_kept_patches_are_encoded_alone_per_frame_and_cost_less(name):
     keep = torch.randperm(4 * grid**2, generator=torch.Generator().manual_seed(2))[:100].sort().values
     positions = dense_positions(np.arange(4), grid)[keep][None].expand(2, -1, -1)
     tokens = native.encode(frames, positions)
-    # Frames batched by kept count give each frame's tokens as when it is encoded alone.
+    # Frames packed into shared sequences give each frame's tokens as when it is encoded alone.
     for b in range(2):
         for t in range(4):
             alone = positions[b, positions[b, :, 0] == t]
@@ -93,7 +93,7 @@ def masked_whole_frame(backbone, frame: torch.Tensor, keep: torch.Tensor) -> tor
 
 @pytest.mark.parametrize("name", ["dinov3_tiny", "siglip2_tiny"])
 def test_a_codec_view_gives_each_frame_the_tokens_of_its_kept_patches_alone(name, fixtures, tmp_path):
-    """On a real video's codec view, native input (frames of equal kept count batched, nothing padded)
+    """On a real video's codec view, native input (frames packed into sequences, attention within each)
     gives the whole first frame the whole-frame mode's tokens, and every frame the tokens of the library's
     forward over the whole frame with attention limited to its kept patches."""
     native, whole = create_backbone(name), create_backbone(name, sparse_mode=WHOLE)
