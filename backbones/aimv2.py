@@ -8,9 +8,12 @@ folder in transformers' format (no remote code)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers import Aimv2VisionConfig, Aimv2VisionModel
 
+from backbones.base import ViTShape
 from backbones.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from backbones.frames import Entry, FrameBackbone
 
@@ -48,6 +51,9 @@ class Aimv2Backbone(FrameBackbone):
                 f"{name}: input_size {input_size} differs from the {config.image_size} px its position "
                 f"embeddings were learned at; use input_size={config.image_size} or a native AIMv2"
             )
+
+    def vit_shape(self) -> ViTShape:
+        return replace(super().vit_shape(), gated_mlp=True)  # SwiGLU: gate, up and down projections
 
     def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels).last_hidden_state

@@ -103,12 +103,13 @@ class ViTShape:
     gated_mlp: bool = False
     per_patch: float = 0.0  # FLOPs per patch outside the blocks (e.g. a patch merger)
 
-    def flops(self, patches: int) -> float:
-        """Forward FLOPs (2 per multiply-add) of one sequence of `patches` patches (plus the prefix):
-        patch embedding, then per block the q/k/v/out projections, attention scores and weighted sum,
-        and the MLP. Norms, softmax and activations are left out (not matrix products; torch's FLOP
-        counter, which tests/test_cost.py checks these numbers against, leaves them out too)."""
-        n = patches + self.prefix
+    def flops(self, patches: int, sequence: int | None = None) -> float:
+        """Forward FLOPs (2 per multiply-add) of one sequence of `patches` patches (plus the prefix), or
+        of `sequence` tokens holding them (packed frames, their prefixes and padding): patch embedding,
+        then per block the q/k/v/out projections, attention scores and weighted sum, and the MLP. Norms,
+        softmax and activations are left out (not matrix products; torch's FLOP counter, which
+        tests/test_cost.py checks these numbers against, leaves them out too)."""
+        n = patches + self.prefix if sequence is None else sequence
         blocks = 8 * n * self.dim**2 + 4 * n * n * self.dim + 2 * n * self.dim * self.mlp_dim * (
             3 if self.gated_mlp else 2)
         return 2 * patches * self.patch_dim * self.dim + self.layers * blocks + self.per_patch * patches

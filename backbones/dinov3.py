@@ -60,28 +60,27 @@ class Dinov3Backbone(FrameBackbone):
     def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels).last_hidden_state
 
-    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
-                          ) -> torch.Tensor:
-        """The class and register tokens plus the kept patch tokens, each rotated by its own (h, w) RoPE
-        position, through the blocks; padding is masked out of attention."""
+    def packed_tokens(self, pixels: torch.Tensor, frame: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Each frame's class and register tokens and kept patch tokens, the patches rotated by their own
+        (h, w) RoPE positions (the class and register tokens by none: cos 1, sin 0), through the blocks,
+        attention kept within each frame."""
         model, embeddings = self.model, self.model.embeddings
         conv = embeddings.patch_embeddings  # applied to the kept patches only, as a matrix product
-        frame = pixels[:0]  # no pixels: its shape, dtype and device set the RoPE table
-        pixels = F.unfold(pixels, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
-        kept = pixels.gather(1, index[..., None].expand(-1, -1, pixels.shape[-1]))
-        patches = kept @ conv.weight.flatten(1).T + conv.bias
-        prefix = torch.cat([embeddings.cls_token, embeddings.register_tokens], dim=1)
-        hidden = torch.cat([prefix.expand(len(kept), -1, -1), patches], dim=1)
-        prefix = prefix.shape[1]
-        cos, sin = (table[index][:, None] for table in model.rope_embeddings(frame))  # [F, 1, K, head]
-        mask = None
-        if not bool(valid.all()):
-            keep = torch.cat([valid.new_ones(len(valid), prefix), valid], dim=1)
-            mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
-            mask = mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)[:, None, None]
+        patches = F.unfold(pixels, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
+        real = frame >= 0
+        is_patch, is_prefix = real & (slot >= 0), real & (slot < 0)
+        hidden = patches.new_zeros(*slot.shape, conv.weight.shape[0])
+        hidden[is_patch] = patches[frame[is_patch], slot[is_patch]] @ conv.weight.flatten(1).T + conv.bias
+        prefix = torch.cat([embeddings.cls_token, embeddings.register_tokens], dim=1)[0]
+        hidden[is_prefix] = prefix[-1 - slot[is_prefix]]
+        cos, sin = model.rope_embeddings(pixels[:0])  # no pixels: their shape, dtype and device set the table
+        keep = is_patch[..., None]
+        cos = torch.where(keep, cos[slot.clamp(min=0)], 1.0)[:, None]  # [S, 1, L, head]
+        sin = torch.where(keep, sin[slot.clamp(min=0)], 0.0)[:, None]
+        mask = self.frame_mask(frame, hidden.dtype)
         for layer in model.model.layer:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
-        return model.norm(hidden)[:, prefix:]
+        return model.norm(hidden)
 
 
 Dinov3Backbone.register_all()

@@ -5,8 +5,9 @@ offline) and `Backbone.encode` for the "dense" and "sparse" layouts.
 A family subclasses `FrameBackbone`, declares its library classes, sizes, released checkpoints and
 preprocessing as class data, and implements `patch_tokens` (normalised frames -> raster-order patch
 tokens). Sparse patch sets (`sparse_mode`) are encoded natively where the family implements
-`kept_patch_tokens` (each frame's kept patches alone: compute of the K patches), else by encoding the whole
-frames they fall in and keeping the selected tokens (compute of the frames touched).
+`packed_tokens` (each frame's kept patches alone, frames packed into sequences of a whole frame's length:
+compute of about the K patches), else by encoding the whole frames they fall in and keeping the selected
+tokens (compute of the frames touched).
 
 Identical patch budgets: the samplers select on each backbone's own patch grid, and nearly every entry's
 default input size gives the same grid as OneVision's (16 x 16 patches, 8 x 8 for the tiny entries)
@@ -117,11 +118,11 @@ class FrameBackbone(Backbone):
         its `vit_shape().prefix` class/register tokens, then the patch tokens in raster order."""
         raise NotImplementedError
 
-    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
-                          ) -> torch.Tensor:
+    def packed_tokens(self, pixels: torch.Tensor, frame: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """Native sparse input (families listing "native" in `sparse_modes`): normalised frames
-        `[F, 3, H, W]` and the raster indices `[F, K]` of each frame's kept patches (`valid` marks the real
-        ones, the rest is padding) -> `[F, K, D]` tokens computed from the kept patches alone."""
+        `[F, 3, H, W]` and packed sequences (`sequences`): each slot's frame `[S, L]` (-1: padding) and
+        patch (raster index, or -1 - j for class/register token j) -> `[S, L, D]` tokens, each frame's
+        computed from its own tokens alone."""
         raise NotImplementedError
 
     def off_native_grid(self, pixels: torch.Tensor) -> bool:
@@ -141,18 +142,18 @@ class FrameBackbone(Backbone):
         needed, which = torch.unique(frame_ids, return_inverse=True)
         pixels = frames.reshape(b * t, h, w, 3)[needed.to(frames.device)]
         patch = positions[..., 1] * (w // self.patch_size) + positions[..., 2]
-        chunks = range(0, len(needed), self.frame_batch)
 
-        def normalised(i: int) -> torch.Tensor:
-            chunk = pixels[i : i + self.frame_batch].to(param.device)
+        def normalised(rows: torch.Tensor) -> torch.Tensor:
+            chunk = pixels[rows.to(pixels.device)].to(param.device)
             return self.preprocess.normalize(chunk).transpose(0, 1).to(param.dtype)
 
         if self.prefix_kept:
             self._check_whole_frames(which, len(needed), (h // self.patch_size) * (w // self.patch_size))
         # Every output below is [L, ...]: one per probed block (`layers`), or the model's output alone.
         if self.prefix_kept or self.sparse_mode == "full_frames_then_gather":
-            outputs = [self.layer_outputs(partial(self.frame_tokens, normalised(i))) for i in chunks]
-            hidden = torch.cat(outputs, dim=1)
+            rows = torch.arange(len(needed), device=param.device).split(self.frame_batch)
+            hidden = torch.cat([self.layer_outputs(partial(self.frame_tokens, normalised(r))) for r in rows],
+                               dim=1)
             tokens = hidden[:, which, self.vit_shape().prefix + patch]
             if self.prefix_kept:
                 # `needed` is sorted by (view, frame) and every view has the same number of whole frames.
@@ -168,14 +169,76 @@ class FrameBackbone(Backbone):
         rank[order] = torch.arange(len(which), device=which.device) - starts[which[order]]
         index = torch.zeros(len(needed), int(counts.max()), dtype=torch.long, device=which.device)
         index[which, rank] = patch
-        valid = torch.arange(index.shape[1], device=which.device)[None] < counts[:, None]
-        step = self.frame_batch
-        tokens = torch.cat([
-            self.layer_outputs(partial(self.kept_patch_tokens, normalised(i), index[i : i + step],
-                                       valid[i : i + step]))
-            for i in chunks
-        ], dim=1)
-        return self.layer_after_layer(tokens[:, which, rank].reshape(len(tokens), b, -1, tokens.shape[-1]))
+        frame, slot, sequence, start = self.sequences(counts, index, needed // t)
+        outputs = []
+        for rows in torch.arange(len(frame), device=frame.device).split(self.frame_batch):
+            used, local = torch.unique(frame[rows], return_inverse=True)
+            pad = int(used[0] < 0)  # padding (-1) stays -1
+            outputs.append(self.layer_outputs(partial(self.packed_tokens, normalised(used[pad:]), local - pad,
+                                                      slot[rows])))
+        tokens = torch.cat(outputs, dim=1)[:, sequence[which], start[which] + rank]
+        return self.layer_after_layer(tokens.reshape(len(tokens), b, -1, tokens.shape[-1]))
+
+    def sequences(self, counts: torch.Tensor, index: torch.Tensor, views: torch.Tensor
+                  ) -> tuple[torch.Tensor, ...]:
+        """Native sparse input laid out as attention sequences of a whole frame's length: each view's
+        frames (their kept-patch `counts`, raster indices `index`) packed by `pack`, each frame's class and
+        register tokens then its kept patches. Returns, per sequence slot `[S, L]`, the frame it belongs
+        to (-1: padding) and its patch (raster index, or -1 - j for the j-th class/register token), and
+        per frame its sequence and the slot of its first patch."""
+        prefix, length = self.vit_shape().prefix, self.sequence_length()
+        members = [[int(f) for f in torch.nonzero(views == v).flatten()[group]]
+                   for v in torch.unique(views) for group in self.pack(counts[views == v].tolist())]
+        frame = torch.full((len(members), length), -1, dtype=torch.long)
+        slot = torch.zeros((len(members), length), dtype=torch.long)
+        sequence, start = (torch.empty(len(counts), dtype=torch.long) for _ in range(2))
+        tokens, index = -1 - torch.arange(prefix), index.cpu()
+        for s, group in enumerate(members):
+            at = 0
+            for f in group:
+                k = int(counts[f])
+                frame[s, at : at + prefix + k] = f
+                slot[s, at : at + prefix + k] = torch.cat([tokens, index[f, :k]])
+                sequence[f], start[f] = s, at + prefix
+                at += prefix + k
+        return tuple(x.to(counts.device) for x in (frame, slot, sequence, start))
+
+    def sequence_length(self) -> int:
+        """Tokens in one attention sequence of native input: a whole frame's (patches and prefix)."""
+        return (self.preprocess.size // self.patch_size) ** 2 + self.vit_shape().prefix
+
+    def pack(self, counts: list[int]) -> list[list[int]]:
+        """One view's frames (by kept-patch `counts`) in sequences of `sequence_length` tokens, their class
+        and register tokens included: first-fit decreasing, so the codec's whole first frame fills a
+        sequence of its own and the sparse frames share the rest. Per view, so a view's cost does not
+        depend on the views batched with it (`encode_cost` packs the same way)."""
+        prefix, length = self.vit_shape().prefix, self.sequence_length()
+        groups: list[list[int]] = []
+        room: list[int] = []
+        for f in sorted(range(len(counts)), key=lambda f: -counts[f]):
+            need = counts[f] + prefix
+            fits = next((i for i, r in enumerate(room) if need <= r), None)
+            if fits is None:
+                groups.append([f])
+                room.append(length - need)
+            else:
+                groups[fits].append(f)
+                room[fits] -= need
+        return groups
+
+    def native_flops(self, counts: list[int]) -> float:
+        """FLOPs of native input for one view's frames with these kept-patch counts: every packed sequence
+        at its whole length (padding included), the patch embedding on the kept patches."""
+        shape, length = self.vit_shape(), self.sequence_length()
+        return sum(shape.flops(sum(counts[f] for f in group), sequence=length) for group in self.pack(counts))
+
+    @staticmethod
+    def frame_mask(frame: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Additive attention mask `[S, 1, L, L]` for packed sequences `frame` `[S, L]`: each token attends
+        to its own frame's tokens only (padding to padding), so a frame's tokens are those it gets alone."""
+        apart = frame[:, :, None] != frame[:, None, :]
+        return torch.zeros(apart.shape, dtype=dtype, device=frame.device).masked_fill(
+            apart, torch.finfo(dtype).min)[:, None]
 
     def _check_whole_frames(self, which: torch.Tensor, frames: int, per_frame: int) -> None:
         """The class/register tokens are kept for whole frames only: under a patch budget, a frame's class
@@ -199,14 +262,17 @@ class FrameBackbone(Backbone):
 
     def encode_cost(self, positions: torch.Tensor) -> EncodeCost:
         """Every frame a position points to is encoded once: all its patches, or in "native" mode the
-        kept ones (a sequence per frame)."""
+        kept ones, packed (`native_flops`: what runs, padding included)."""
         _, kept = torch.unique(positions[:, 0], return_counts=True)
+        shape = self.vit_shape()
         if self.sparse_mode == "full_frames_then_gather" or self.prefix_kept:
             kept = torch.full_like(kept, (self.preprocess.size // self.patch_size) ** 2)
-        shape = self.vit_shape()
+            flops = len(kept) * shape.flops(int(kept[0])) if len(kept) else 0.0
+        else:
+            flops = self.native_flops(kept.tolist())
         return EncodeCost(frames=len(kept), tokens=int(kept.sum()) + len(kept) * shape.prefix,
                           kept=(len(positions) + len(kept) * self.prefix_kept) * self.layer_count,
-                          flops=sum(shape.flops(int(k)) for k in kept))
+                          flops=flops)
 
     @classmethod
     def build(

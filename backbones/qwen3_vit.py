@@ -103,16 +103,19 @@ class Qwen3VitBackbone(FrameBackbone):
         )
         return groups, torch.tensor([[1, gh, gw]], device=pixels.device).expand(f, 3)
 
-    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
-                          ) -> torch.Tensor:
-        """Each frame's kept patch groups, packed with their learned-grid position embeddings and (h, w)
-        rotary positions, through the blocks, one attention segment per frame (`cu_seqlens`)."""
+    def native_flops(self, counts: list[int]) -> float:
+        """One attention segment per frame (`cu_seqlens`), padding dropped: each frame its kept patches."""
+        return sum(self.vit_shape().flops(k) for k in counts)
+
+    def packed_tokens(self, pixels: torch.Tensor, frame: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The packed sequences' patch groups (padding dropped) with their learned-grid position embeddings
+        and (h, w) rotary positions, through the blocks, one attention segment per frame (`cu_seqlens`)."""
         if self.tokens == "merged":
             raise ValueError(f"{self.name}: tokens=merged needs whole 2x2 merge blocks; use "
                              "sparse_mode=full_frames_then_gather")
         model, m = self.model, self.model.config.spatial_merge_size
         groups, grid_thw = self._groups(pixels)
-        f, gh, gw = len(pixels), int(grid_thw[0, 1]), int(grid_thw[0, 2])
+        gh, gw = int(grid_thw[0, 1]), int(grid_thw[0, 2])
         taps, weights = get_vision_interpolation_indices_and_weights(
             grid_thw[:1], model.num_grid_per_side, model.interpolation_mode,
             model.interpolation_align_corners, m,
@@ -120,17 +123,19 @@ class Qwen3VitBackbone(FrameBackbone):
         hw = get_vision_position_ids(grid_thw[:1], m)  # per row of the block order, one frame
         block_row = torch.empty(gh * gw, dtype=torch.long, device=pixels.device)
         block_row[hw[:, 0] * gw + hw[:, 1]] = torch.arange(gh * gw, device=pixels.device)  # raster -> row
-        rows = block_row[index][valid]  # the kept patches, frame by frame, in `index` order
-        frame = torch.arange(f, device=pixels.device)[:, None].expand_as(index)[valid]
-        hidden = model.patch_embed(groups[frame * gh * gw + rows])
+        real = frame >= 0
+        rows = block_row[slot[real]]  # the kept patches, sequence by sequence, frame by frame
+        hidden = model.patch_embed(groups[frame[real] * gh * gw + rows])
         hidden = hidden + (model.pos_embed(taps[rows]) * weights[rows, :, None]).sum(1).to(hidden.dtype)
         rotary = model.rotary_pos_emb(hidden, hw[rows])
-        cu_seqlens = F.pad(valid.sum(1).cumsum(0), (1, 0)).to(torch.int32)
+        owner = (torch.arange(len(frame), device=frame.device)[:, None] * len(pixels) + frame)[real]
+        lengths = torch.unique_consecutive(owner, return_counts=True)[1]  # one segment per frame
+        cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
         for block in model.blocks:
-            hidden = block(hidden, cu_seqlens=cu_seqlens, max_seqlen=int(valid.sum(1).max()),
+            hidden = block(hidden, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()),
                            position_embeddings=rotary)
-        out = hidden.new_zeros(*index.shape, hidden.shape[-1])
-        out[valid] = hidden
+        out = hidden.new_zeros(*slot.shape, hidden.shape[-1])
+        out[real] = hidden
         return out
 
     def frame_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

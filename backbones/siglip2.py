@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel, SiglipVisionConfig, SiglipVisionModel
-from transformers.masking_utils import create_bidirectional_mask
 
 from backbones.base import ViTShape
 from backbones.frames import Entry, FrameBackbone
@@ -84,19 +83,18 @@ class Siglip2Backbone(FrameBackbone):
                 weight.reshape(side, side, -1), shape, max_length=gh * gw)[0]
         return self._tables[key]
 
-    def kept_patch_tokens(self, pixels: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
-                          ) -> torch.Tensor:
+    def packed_tokens(self, pixels: torch.Tensor, frame: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """The kept patches, each with the position embedding of its place on the frame's grid (the
-        learned grid resized as NaFlex resizes it), through the blocks; padding is masked out."""
+        learned grid resized as NaFlex resizes it), through the blocks, attention kept within each frame."""
         model, embeddings = self.model, self.model.embeddings
         patches = self._patches(pixels)
-        kept = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
         table = self._position_table(pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
-        hidden = embeddings.patch_embedding(kept.to(table.dtype)) + table[index]
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden,
-                                         attention_mask=valid.long())
-        hidden = model.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
-        return model.post_layernorm(hidden)
+        real = frame >= 0
+        hidden = table.new_zeros(*slot.shape, table.shape[-1])
+        kept = patches[frame[real], slot[real]].to(table.dtype)
+        hidden[real] = embeddings.patch_embedding(kept) + table[slot[real]]
+        hidden = model.encoder(inputs_embeds=hidden, attention_mask=self.frame_mask(frame, hidden.dtype))
+        return model.post_layernorm(hidden.last_hidden_state)
 
 
 class Siglip2FixedBackbone(Siglip2Backbone):
