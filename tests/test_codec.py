@@ -67,6 +67,23 @@ def write_clip(path: Path, codec_name: str = "mpeg4", b_frames: int = 0, moving:
     return path
 
 
+def with_extra_packet(src: Path, dst: Path) -> Path:
+    """`src` (H.264 in MP4) remuxed with one more packet that decodes to no frame (an end-of-sequence
+    NAL unit): its container lists one frame more than it decodes, as box.mp4's (456 and 455)."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+                last = packet
+        extra = av.Packet(bytes([0, 0, 0, 1, 0x0A]))  # 4-byte length, NAL type 10: end of sequence
+        extra.stream, extra.time_base = stream, last.time_base
+        extra.pts = extra.dts = last.dts + (last.duration or 1)
+        out.mux(extra)
+    return dst
+
+
 def square_at(frame: int) -> tuple[int, int]:
     return START + VELOCITY[0] * frame, START + VELOCITY[1] * frame
 
@@ -99,6 +116,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     return {
         "mpeg4": write_clip(root / "square_mpeg4.avi"),
         "mpeg4_b": write_clip(root / "square_mpeg4_b.avi", b_frames=2),
+        "h264": write_clip(root / "square_h264.mp4", "libx264"),
         "h264_b": write_clip(root / "square_h264_b.mp4", "libx264", b_frames=2),
         "pan": write_clip(root / "square_pan.avi", pan=(1, 1)),
         "static": write_clip(root / "static.avi", moving=False),
@@ -258,11 +276,23 @@ def count_passes(monkeypatch) -> list[int]:
     return passes
 
 
+def test_a_file_listing_one_frame_more_than_it_decodes_is_decoded_once(clips, tmp_path, monkeypatch, caplog):
+    extra = with_extra_packet(clips["h264"], tmp_path / "extra.mp4")
+    assert codec.count_frames(extra) == N_FRAMES + 1
+    passes = count_passes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="tasks.decode.codec"):
+        maps, _ = analyse(extra)
+    assert len(passes) == 1 and caplog.text.count("WARNING") == 1
+    planned = np.rint(np.linspace(0, N_FRAMES, 64)).astype(int)
+    assert maps.frame_indices.tolist() == planned[:-1].tolist() + [N_FRAMES - 1]
+    assert maps.slots.tolist() == list(range(64)) and maps.fused[-1].max() > 0
+
+
 @pytest.mark.parametrize("promised", [N_FRAMES + 1, 500])
 def test_a_file_that_decodes_fewer_frames_than_its_packets_is_decoded_once(clips, monkeypatch, caplog,
                                                                             promised):
-    """Its packets promise one frame more (as box.mp4's: 456 packets, 455 frames) or far more: one pass,
-    one warning, the last decoded frame standing in for the first frame past the end."""
+    """Its packets promise one frame more or far more: one pass, one warning, the last decoded frame
+    standing in for the first frame past the end."""
     monkeypatch.setattr(codec, "count_frames", lambda path: promised)
     passes = count_passes(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="tasks.decode.codec"):
