@@ -553,10 +553,13 @@ def test_original_rules_select_as_the_original_on_a_static_and_a_moving_clip(cli
 
 
 def test_protocol_original_selects_the_original_codec_rules():
-    from probe.run.main import compose_config
+    from probe.run.main import check_config, compose_config
 
+    config = compose_config(["sampling=codec", "protocol=original"])
+    check_config(config)
+    assert any("HEVC" in d for d in config["sampling"]["departures_from_original"])  # in the record
     ours = compose_config(["sampling=codec"])["sampling"]["args"]
-    theirs = compose_config(["sampling=codec", "protocol=original"])["sampling"]["args"]
+    theirs = config["sampling"]["args"]
     diving = compose_config(["sampling=codec", "protocol=original", "task=diving48"])["sampling"]["args"]
     assert (ours["frame_rule"], ours["keep_first_frame"], ours["center_prior"]) == ("round", True, 0.0)
     assert {k: theirs[k] for k in ORIGINAL} == ORIGINAL

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 from tasks.clip import Clip, SampledClip
 from tasks.decode.codec import (
@@ -437,8 +438,10 @@ class CodecSampler(BudgetSampler):
 
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
+        scaler = VideoReformatter()  # one swscale context per clip: `frame.to_ndarray` builds one per frame
+
         def resized(frame) -> torch.Tensor:
-            rgb = frame.to_ndarray(format="rgb24")[None]
+            rgb = scaler.reformat(frame, format="rgb24").to_ndarray()[None]
             return resize_shorter_side(rgb, self.size, self.interpolation)[0]
 
         start, end, jitter, reader = self.maps_key(clip, reader, rng)
