@@ -570,3 +570,23 @@ def test_protocol_original_selects_the_original_codec_rules():
     assert (diving["motion_score"], diving["static_abs"], diving["static_rel"]) == ("magnitude", 126, 0.38)
     sampler = CodecSampler(size=SIZE, patch_size=PATCH, budget=2048, **theirs)
     assert sampler.codec.center_prior == 0.3 and sampler.selection.center_prior == 0.0
+
+
+def test_a_protocol_original_codec_run_records_the_original_rules(tmp_path):
+    """End to end on the small synthetic task (16-frame clips: the floor rule repeats frames)."""
+    import json
+
+    from probe.run.main import compose_config, run
+
+    record = run(compose_config([
+        "task.args.num_train=32", "task.args.num_test=16", "task.args.num_frames=16", "sampling=codec",
+        "sampling.frames_equiv=2", "protocol=original", "probe.recipe.epochs=2", "probe.recipe.batch_size=8",
+        "probe.recipe.bootstrap=50", "num_workers=0", "progress=false", f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]))
+    stored = json.loads((tmp_path / "results" / record["run_id"] / "record.json").read_text())
+    sampling = stored["config"]["sampling"]
+    assert {k: sampling["args"][k] for k in ORIGINAL} == ORIGINAL
+    assert sampling["args"]["center_rule"] == "map" and sampling["args"]["static_rule"] == "patch_percentile"
+    assert any("HEVC" in d for d in sampling["departures_from_original"])
+    assert stored["protocol"]["name"] == "original" and stored["metrics"]["test"]["top1"] >= 0
