@@ -5,17 +5,25 @@ Columns (median of `--repeats` interleaved runs, seconds per clip, 64 frames at 
 - `uniform`: what the dense sampler pays: `tasks.decode.video` decodes the 64 linspace frames, then the frames
   are resized and centre-cropped (`resize_shorter_side`, `crop_square`);
 - `seq+crop`: the codec pass with its signal work removed: one sequential decode keeping the same 64
-  frames as resized crops. This is "decode only" for the codec sampler. It decodes with frame threads,
-  as a uniform sampler may; the codec pass cannot on streams with B-frames (frame threading
-  misattributes their vectors) and decodes those ahead on a thread of its own instead;
+  frames as resized crops (RGB conversion through one reused `VideoReformatter`, as the codec sampler
+  does: `frame.to_ndarray(format="rgb24")` costs 3-7x more per frame). This is "decode only" for the
+  codec sampler. It decodes with frame threads, as a uniform sampler may; the codec pass cannot on
+  streams with B-frames (frame threading misattributes their vectors) and decodes those ahead on a
+  thread of its own instead;
 - `codec`: the codec pass (motion vectors + residuals, same 64 frames kept as resized crops) plus patch
   scores, top-K selection and packing into pseudo-frames;
 - `cached`: maps from the cache, then decoding only the frames that hold selected patches, selection
   and packing.
 The target is that selection adds at most 30%: `codec / seq+crop <= 1.3`. `cpu` is the same ratio in
-CPU time of all threads (median of the runs), which threads cannot hide.
+CPU time of all threads (median of the runs), which threads cannot hide. `packets` is the file's packet
+count (what the plan is made from), `decoded` the frames that decode, `passes` the decode passes one
+codec analysis made (1: the file is decoded once, whatever its packet count says).
 
-    python benchmarks/bench_codec.py [--videos DIR] [--repeats 5] [--budget 2048]
+With no paths: every video in the fixtures' `videos/` folder, plus three generated clips (a square
+moving over noise in MPEG-4 Part 2, the same in H.264 with B-frames, and that H.264 clip with one packet
+more than it decodes).
+
+    python benchmarks/bench_codec.py [VIDEO ...] [--repeats 3] [--budget 2048]
 """
 
 from __future__ import annotations
@@ -25,13 +33,17 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
-from tasks.decode.codec import CodecConfig, analyse, crop_box, patch_scores, plan_slots
+import tasks.decode.codec as codec_module
+from tasks.decode.codec import CodecConfig, analyse, count_frames, crop_box, patch_scores, plan_slots
 from tasks.decode.codec_cache import MapCache, cached_analyse
 from tasks.decode.video import crop_square, open_video, resize_shorter_side
 from tasks.sampling.selection import pack, select_patches
@@ -52,8 +64,12 @@ def uniform(path: Path) -> np.ndarray:
     return crop_square(resize_shorter_side(reader.get_frames(offsets), SIZE), SIZE).numpy()
 
 
+_RGB = VideoReformatter()  # as the codec sampler converts: one swscale context, not one per frame
+
+
 def to_crop(frame: av.VideoFrame) -> np.ndarray:
-    return crop_square(resize_shorter_side(frame.to_ndarray(format="rgb24")[None], SIZE), SIZE)[0].numpy()
+    rgb = _RGB.reformat(frame, format="rgb24").to_ndarray()[None]
+    return crop_square(resize_shorter_side(rgb, SIZE), SIZE)[0].numpy()
 
 
 def sequential_crops(path: Path) -> np.ndarray:
@@ -86,24 +102,59 @@ def cached(path: Path, budget: int, cache: MapCache) -> np.ndarray:
     return pack(selection, frames, maps.slots[rows], PATCH)
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+
+
+def generated_clips(folder: Path) -> list[Path]:
+    """The test suite's clips with known motion (`tests/test_codec.py`), written to `folder`."""
+    from tests.test_codec import with_extra_packet, write_clip
+
+    h264 = write_clip(folder / "square_h264_b.mp4", "libx264", b_frames=2)
+    extra = with_extra_packet(h264, folder / "extra_packet.mp4")
+    return [write_clip(folder / "square_mpeg4.avi"), h264, extra]
+
+
+@contextmanager
+def counted_passes() -> Iterator[list[int]]:
+    """Counts the sequential decode passes of the codec analysis while the block runs."""
+    passes: list[int] = []
+    run = codec_module._DecodePass.run
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return run(self, *args, **kwargs)
+
+    codec_module._DecodePass.run = counted
+    try:
+        yield passes
+    finally:
+        codec_module._DecodePass.run = run
+
+
+def decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_videos = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "videos"
     fixtures = Path(os.environ.get("OVPROBE_FIXTURES", default_videos.parent))
-    parser.add_argument("--videos", type=Path, default=fixtures / "videos")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("videos", type=Path, nargs="*", help="video files (default: fixtures + generated)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=int, default=2048)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    names = ["cup.mp4", "Megamind.avi", "tree.avi"]
     columns = ["decode", "uniform", "seq+crop", "codec", "cached"]
-    print(f"{'video':<14}{'frames':>7}" + "".join(f"{c:>10}" for c in columns)
+    print(f"{'video':<20}{'packets':>8}{'decoded':>8}{'passes':>7}" + "".join(f"{c:>10}" for c in columns)
           + f"{'codec/seq+crop':>16}{'cpu':>6}{'codec/uniform':>15}")
     with tempfile.TemporaryDirectory() as tmp:
-        cache = MapCache(Path(tmp))
-        for name in names:
-            path = args.videos / name
-            cached_analyse(path, cache=cache)  # warm the cache (and the file system) once
+        found = sorted(p for p in (fixtures / "videos").iterdir() if p.suffix in VIDEO_SUFFIXES)
+        videos = args.videos or [*found, *generated_clips(Path(tmp))]
+        cache = MapCache(Path(tmp) / "cache")
+        for path in videos:
+            with counted_passes() as passes:
+                cached_analyse(path, cache=cache)  # warm the cache (and the file system) once
             runs = {"decode": lambda p=path: bare_decode(p), "uniform": lambda p=path: uniform(p),
                     "seq+crop": lambda p=path: sequential_crops(p),
                     "codec": lambda p=path: codec(p, args.budget),
@@ -118,10 +169,10 @@ def main() -> None:
                     cpu[key].append(time.process_time() - start_cpu)
             med = {k: statistics.median(v) for k, v in times.items()}
             cpu_ratio = statistics.median(cpu["codec"]) / statistics.median(cpu["seq+crop"])
-            frames = open_video(path, "pyav").num_frames
-            print(f"{name:<14}{frames:>7}" + "".join(f"{med[c]:>10.3f}" for c in columns)
+            print(f"{path.name:<20}{count_frames(path):>8}{decoded_frames(path):>8}{len(passes):>7}"
+                  + "".join(f"{med[c]:>10.3f}" for c in columns)
                   + f"{med['codec'] / med['seq+crop']:>16.2f}{cpu_ratio:>6.2f}"
-                  + f"{med['codec'] / med['uniform']:>15.2f}")
+                  + f"{med['codec'] / med['uniform']:>15.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,22 @@ import pytest
 
 import tasks.decode.codec as codec
 import tasks.decode.codec_cache as codec_cache
+from tasks.clip import Clip
 from tasks.decode.codec import (
     CAMERA_MODELS,
     CodecConfig,
     analyse,
     crop_box,
+    local_variance,
     motion_vectors,
     patch_scores,
+    plan_slots,
     rasterise,
 )
 from tasks.decode.codec_cache import MapCache, cached_analyse, fingerprint
 from tasks.decode.video import crop_square, resize_shorter_side
-from tasks.sampling.selection import Selection, select_patches
+from tasks.sampling.samplers import CodecSampler
+from tasks.sampling.selection import Selection, flat_patch_means, select_patches
 from tasks.sampling.show import show
 
 SIZE, PATCH, GRID = 224, 14, 16
@@ -63,6 +67,23 @@ def write_clip(path: Path, codec_name: str = "mpeg4", b_frames: int = 0, moving:
     return path
 
 
+def with_extra_packet(src: Path, dst: Path) -> Path:
+    """`src` (H.264 in MP4) remuxed with one more packet that decodes to no frame (an end-of-sequence
+    NAL unit): its container lists one frame more than it decodes, as box.mp4's (456 and 455)."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+                last = packet
+        extra = av.Packet(bytes([0, 0, 0, 1, 0x0A]))  # 4-byte length, NAL type 10: end of sequence
+        extra.stream, extra.time_base = stream, last.time_base
+        extra.pts = extra.dts = last.dts + (last.duration or 1)
+        out.mux(extra)
+    return dst
+
+
 def square_at(frame: int) -> tuple[int, int]:
     return START + VELOCITY[0] * frame, START + VELOCITY[1] * frame
 
@@ -95,6 +116,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     return {
         "mpeg4": write_clip(root / "square_mpeg4.avi"),
         "mpeg4_b": write_clip(root / "square_mpeg4_b.avi", b_frames=2),
+        "h264": write_clip(root / "square_h264.mp4", "libx264"),
         "h264_b": write_clip(root / "square_h264_b.mp4", "libx264", b_frames=2),
         "pan": write_clip(root / "square_pan.avi", pan=(1, 1)),
         "static": write_clip(root / "static.avi", moving=False),
@@ -241,12 +263,56 @@ def test_short_clip_spreads_its_frames_over_the_slots(clips):
         select_patches(scores, 40 * GRID * GRID + 1)
 
 
-def test_wrong_frame_count_is_replanned(clips, monkeypatch, caplog):
-    monkeypatch.setattr(codec, "count_frames", lambda path: 500)
+def count_passes(monkeypatch) -> list[int]:
+    """Counts the sequential decode passes of `analyse` (one entry per pass)."""
+    passes: list[int] = []
+    run = codec._DecodePass.run
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(codec._DecodePass, "run", counted)
+    return passes
+
+
+def test_a_file_listing_one_frame_more_than_it_decodes_is_decoded_once(clips, tmp_path, monkeypatch, caplog):
+    extra = with_extra_packet(clips["h264"], tmp_path / "extra.mp4")
+    assert codec.count_frames(extra) == N_FRAMES + 1
+    passes = count_passes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="tasks.decode.codec"):
+        maps, _ = analyse(extra)
+    assert len(passes) == 1 and caplog.text.count("WARNING") == 1
+    planned = np.rint(np.linspace(0, N_FRAMES, 64)).astype(int)
+    assert maps.frame_indices.tolist() == planned[:-1].tolist() + [N_FRAMES - 1]
+    assert maps.slots.tolist() == list(range(64)) and maps.fused[-1].max() > 0
+
+
+@pytest.mark.parametrize("promised", [N_FRAMES + 1, 500])
+def test_a_file_that_decodes_fewer_frames_than_its_packets_is_decoded_once(clips, monkeypatch, caplog,
+                                                                            promised):
+    """Its packets promise one frame more or far more: one pass, one warning, the last decoded frame
+    standing in for the first frame past the end."""
+    monkeypatch.setattr(codec, "count_frames", lambda path: promised)
+    passes = count_passes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="tasks.decode.codec"):
+        maps, pixels = analyse(clips["mpeg4"], keep=lambda frame: frame.pts)  # AVI: pts = frame number
+    assert len(passes) == 1 and caplog.text.count("WARNING") == 1
+    planned = np.rint(np.linspace(0, promised - 1, 64)).astype(int)
+    decoded = planned[planned < N_FRAMES].tolist()
+    if decoded[-1] < N_FRAMES - 1:  # the last decoded frame stands in for the first one past the end
+        decoded.append(N_FRAMES - 1)
+    assert maps.frame_indices.tolist() == decoded
+    assert maps.slots.tolist() == list(range(len(decoded))) and maps.fused.shape[0] == len(decoded)
+    assert pixels == maps.frame_indices.tolist()  # each row's pixels are its frame's
+
+
+def test_a_true_frame_count_takes_one_pass_and_no_warning(clips, monkeypatch, caplog):
+    passes = count_passes(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="tasks.decode.codec"):
         maps, _ = analyse(clips["mpeg4"])
-    assert "re-planning" in caplog.text
-    assert maps.frame_indices[-1] == N_FRAMES - 1 and len(maps.slots) == 64
+    assert len(passes) == 1 and not caplog.text
+    assert maps.frame_indices.tolist() == np.rint(np.linspace(0, N_FRAMES - 1, 64)).astype(int).tolist()
 
 
 def test_cinepak_falls_back_to_residual_only(fixtures, caplog):
@@ -356,3 +422,171 @@ def test_patch_scores_integrate_the_map_over_each_patch():
     assert scores.shape == (8, 16, 16) and np.isnan(scores[0]).all()
     np.testing.assert_allclose(scores[5, 2:4, 0:2], 49 / 4)  # a patch is 3.5 x 3.5 cells
     assert scores[5].sum() == pytest.approx(49.0)
+
+
+# ----------------------------------------------------------------------------- the original suite's rules
+# Each reference below is computed here from the rule as the original's dataloader
+# (dataloader/ap_dataloader_dali_codec.py) states it, not from ovprobe's code.
+
+ORIGINAL = dict(frame_rule="floor", keyframes="zero", motion_score="local_variance", norm_scope="frame",
+                motion_floor=1e-6, residual_floor=1.0, residual_baseline=0.0)
+
+
+def original_frames(n: int, t: int = 64) -> list[int]:
+    """`np.linspace(0, n - 1, t, dtype=int)` as numpy computes it: i * step in floats, truncated; the
+    last is n - 1 exactly."""
+    step = (n - 1) / (t - 1)
+    return [int(i * step) for i in range(t - 1)] + [n - 1]
+
+
+def test_original_frame_rule_takes_the_same_frames_at_train_and_test():
+    rng = np.random.default_rng(0)
+    for n in range(1, 2001):
+        test, slots = plan_slots(n, 64, rule="floor")
+        train, _ = plan_slots(n, 64, rng.random(64), rule="floor")
+        assert test.tolist() == train.tolist() == original_frames(n), n
+        assert slots.tolist() == list(range(64))
+
+
+def decoded_keyframes(path: Path) -> set[int]:
+    with av.open(str(path)) as container:
+        return {i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame}
+
+
+def test_original_scores_the_first_eight_sampled_keyframes_zero(clips):
+    maps, _ = analyse(clips["mpeg4"], CodecConfig(**ORIGINAL))
+    assert maps.frame_indices.tolist() == original_frames(N_FRAMES)
+    keys = sorted(set(maps.frame_indices.tolist()) & decoded_keyframes(clips["mpeg4"]))
+    assert 2 <= len(keys) <= 8  # a keyframe every 24 frames
+    peak = maps.fused.reshape(64, -1).max(axis=1)
+    is_key = np.isin(maps.frame_indices, keys)
+    assert (peak[is_key] == 0).all() and (peak[~is_key][1:] > 0).all()
+    scored, _ = analyse(clips["mpeg4"], CodecConfig(**{**ORIGINAL, "keyframes": "scored"}))
+    assert (scored.fused.reshape(64, -1).max(axis=1)[is_key][1:] > 0).all()
+
+
+def test_original_scores_a_repeated_frame_at_its_last_slot_only(clips):
+    maps, _ = analyse(clips["mpeg4"], CodecConfig(**{**ORIGINAL, "keyframes": "scored"}), end_frame=40)
+    frames = maps.frame_indices.tolist()
+    assert frames == original_frames(40) and maps.slots.tolist() == list(range(64))
+    peak = maps.fused.reshape(64, -1).max(axis=1)
+    for slot, frame in enumerate(frames):
+        if frame in frames[slot + 1:]:  # not its last slot
+            assert peak[slot] == 0
+    assert (peak[[len(frames) - 1 - frames[::-1].index(f) for f in set(frames) if f > 0]] > 0).all()
+
+
+def test_local_variance_is_the_3x3_variance_of_the_magnitude():
+    rng = np.random.default_rng(3)
+    magnitude = rng.uniform(0, 5, (7, 9)).astype(np.float32)
+    magnitude[2, 3] = np.nan  # no vector: still
+    values = np.nan_to_num(magnitude)
+    expected = np.zeros_like(values)
+    for y in range(7):
+        for x in range(9):
+            window = [values[min(max(y + dy, 0), 6), min(max(x + dx, 0), 8)]
+                      for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            expected[y, x] = np.var(window)
+    np.testing.assert_allclose(local_variance(magnitude), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_original_normalises_each_frame_and_fuses_by_the_mean(clips):
+    """fused = (clip(m / max(p95(m), 1e-6)) + clip(r / max(p95(r), 1))) / 2 per frame, m the 3x3
+    variance of the magnitude, r the residual as it is."""
+    cfg = CodecConfig(**{**ORIGINAL, "keyframes": "scored"})
+    maps, _ = analyse(clips["h264_b"], cfg)
+    plain, _ = analyse(clips["h264_b"], CodecConfig(**{**ORIGINAL, "keyframes": "scored",
+                                                        "motion_score": "magnitude"}))
+    has_vectors = ~np.isnan(plain.motion).all(axis=(1, 2))
+    assert has_vectors.sum() > 50
+    for row in np.flatnonzero(has_vectors):
+        np.testing.assert_allclose(maps.motion[row], local_variance(plain.motion[row]), atol=1e-4)
+    for row in range(1, 64):
+        m = np.nan_to_num(maps.motion[row])
+        m = np.clip(m / max(np.percentile(m, 95), 1e-6), 0, 1) if has_vectors[row] else 0 * m
+        r = maps.residual[row]
+        r = np.clip(r / max(np.percentile(r, 95), 1.0), 0, 1)
+        assert np.abs(maps.fused[row] - np.rint((m + r) / 2 * 255)).max() <= 1, row
+
+
+def test_original_centre_prior_scales_the_fused_map(clips):
+    """fused x (1 + 0.3 w), clipped, w = exp(-d^2 / (2 (0.35 min(H, W))^2)) / max at each 4x4 cell's
+    centre (pixels), d its distance to ((W - 1) / 2, (H - 1) / 2)."""
+    without, _ = analyse(clips["mpeg4"], CodecConfig(**ORIGINAL))
+    with_prior, _ = analyse(clips["mpeg4"], CodecConfig(**ORIGINAL, center_prior=0.3, center_sigma=0.35))
+    height, width = without.frame_size
+    yy, xx = np.mgrid[0:height // 4, 0:width // 4] * 4 + 1.5
+    d2 = (xx - (width - 1) / 2) ** 2 + (yy - (height - 1) / 2) ** 2
+    w = np.exp(-d2 / (2 * (0.35 * min(height, width)) ** 2))
+    expected = np.clip(without.fused / 255 * (1 + 0.3 * w / w.max()), 0, 1) * 255
+    assert np.abs(with_prior.fused - expected).max() <= 1.5
+    assert (with_prior.fused.astype(int) - without.fused).max() > 10  # it moves the centre
+
+
+def test_original_static_criterion_on_patch_means():
+    """static: p95 < abs, or p95 < 2 abs with (p95 - p50) / p95 < rel (patch means, levels 0..255)."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        means = rng.uniform(0, rng.uniform(1, 300), (64, 16, 16))
+        abs_level, rel = rng.uniform(50, 150), rng.uniform(0.1, 0.6)
+        p95, p50 = np.percentile(means, 95), np.percentile(means, 50)
+        expected = p95 < abs_level or (p95 < 2 * abs_level and (p95 - p50) / p95 < rel)
+        assert flat_patch_means(means, abs_level, rel) == expected
+
+
+def test_original_rules_select_as_the_original_on_a_static_and_a_moving_clip(clips):
+    def sampler(budget: int = 6 * GRID * GRID, **rules):
+        return CodecSampler(num_frames=64, size=SIZE, patch_size=PATCH, budget=budget,
+                            keep_first_frame=False, static_rule="patch_percentile", center_rule="map",
+                            center_prior=0.3, center_sigma=0.35, **{**ORIGINAL, **rules})
+
+    # the thresholds of the original's first codec script (its later ones, 116/0.55 and 126/0.38, call
+    # this clip static too: per-frame normalisation makes its background noise bright)
+    clip = Clip(clip_id="m", path=clips["mpeg4"], label=0)
+    moving = sampler(GRID * GRID, static_abs=2.0, static_rel=0.15).select(clip, None, None, [0.5])
+    assert moving.selections[0].forced_slots == () and not moving.selections[0].static
+    keys = np.flatnonzero(np.isin(moving.run.frame_indices, list(decoded_keyframes(clips["mpeg4"]))))
+    assert keys.size and not np.isin(moving.selections[0].positions[:, 0], keys).any()
+    still = sampler().select(Clip(clip_id="s", path=clips["static"], label=0), None, None, [0.5])
+    assert still.selections[0].static
+    assert still.selections[0].forced_slots == tuple(np.linspace(0, 63, 4, dtype=int).tolist())
+
+
+def test_protocol_original_selects_the_original_codec_rules():
+    from probe.run.main import check_config, compose_config
+
+    config = compose_config(["sampling=codec", "protocol=original"])
+    check_config(config)
+    assert any("HEVC" in d for d in config["sampling"]["departures_from_original"])  # in the record
+    ours = compose_config(["sampling=codec"])["sampling"]["args"]
+    theirs = config["sampling"]["args"]
+    diving = compose_config(["sampling=codec", "protocol=original", "task=diving48"])["sampling"]["args"]
+    assert (ours["frame_rule"], ours["keep_first_frame"], ours["center_prior"]) == ("round", True, 0.0)
+    assert {k: theirs[k] for k in ORIGINAL} == ORIGINAL
+    assert (theirs["center_rule"], theirs["center_prior"], theirs["center_sigma"]) == ("map", 0.3, 0.35)
+    static = ("patch_percentile", 116, 0.55)
+    assert (theirs["static_rule"], theirs["static_abs"], theirs["static_rel"]) == static
+    assert theirs["keep_first_frame"] is False and theirs["fusion"] == "mean"
+    assert (diving["motion_score"], diving["static_abs"], diving["static_rel"]) == ("magnitude", 126, 0.38)
+    sampler = CodecSampler(size=SIZE, patch_size=PATCH, budget=2048, **theirs)
+    assert sampler.codec.center_prior == 0.3 and sampler.selection.center_prior == 0.0
+
+
+def test_a_protocol_original_codec_run_records_the_original_rules(tmp_path):
+    """End to end on the small synthetic task (16-frame clips: the floor rule repeats frames)."""
+    import json
+
+    from probe.run.main import compose_config, run
+
+    record = run(compose_config([
+        "task.args.num_train=32", "task.args.num_test=16", "task.args.num_frames=16", "sampling=codec",
+        "sampling.frames_equiv=2", "protocol=original", "probe.recipe.epochs=2", "probe.recipe.batch_size=8",
+        "probe.recipe.bootstrap=50", "num_workers=0", "progress=false", f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]))
+    stored = json.loads((tmp_path / "results" / record["run_id"] / "record.json").read_text())
+    sampling = stored["config"]["sampling"]
+    assert {k: sampling["args"][k] for k in ORIGINAL} == ORIGINAL
+    assert sampling["args"]["center_rule"] == "map" and sampling["args"]["static_rule"] == "patch_percentile"
+    assert any("HEVC" in d for d in sampling["departures_from_original"])
+    assert stored["protocol"]["name"] == "original" and stored["metrics"]["test"]["top1"] >= 0

@@ -61,6 +61,22 @@ class CodecConfig:
     resolution) is to residuals what camera motion is to vectors. `motion_floor` (pixels) and
     `residual_floor` (luma levels) bound the normalising percentile from below. A clip is static when
     fewer than `static_activity` of its cells exceed either floor.
+
+    The original suite's rules, each an option (`protocol=original` selects them all, README "Comparing
+    with published numbers"):
+    - `frame_rule`: "round" takes frame ``rint(linspace(0, n-1, T))`` at test and a random frame of each
+      of T chunks in training (`plan_slots`); "floor" takes ``int(linspace(0, n-1, T))`` at train and
+      test alike, repeating frames in clips under T frames, where a repeated frame is scored at its last
+      slot only and the others score zero (the original maps each frame to its last position).
+    - `keyframes`: "zero" scores the first `KEYFRAMES_ZEROED` sampled keyframes zero everywhere (the
+      original's I-frames); "scored" scores them like any frame.
+    - `motion_score`: "local_variance" replaces each cell's motion by the variance of the motion
+      magnitude over its 3x3 neighbourhood of cells, edge-padded, cells without a vector counting as 0
+      (the original's "inconsistency"), "magnitude" keeps the magnitude.
+    - `center_prior` c > 0 multiplies the fused map by ``1 + c * w`` and clips it to [0, 1], with w a
+      Gaussian of each cell centre's distance to the frame centre in pixels, sigma `center_sigma` times
+      the frame's shorter side, divided by its maximum (the original's prior; the selection's own
+      `center_prior` is ovprobe's, on patch scores).
     """
 
     num_frames: int = 64
@@ -76,11 +92,21 @@ class CodecConfig:
     residual_scale: int = 4
     residual_baseline: float = 1.0
     static_activity: float = 0.005
+    frame_rule: str = "round"  # round | floor
+    keyframes: str = "scored"  # scored | zero
+    motion_score: str = "magnitude"  # magnitude | local_variance
+    center_prior: float = 0.0
+    center_sigma: float = 0.35
 
     def __post_init__(self) -> None:
-        for key, table in (("camera", CAMERA_MODELS), ("fusion", FUSIONS), ("norm_scope", _NORM_GROUPS)):
+        for key, table in (("camera", CAMERA_MODELS), ("fusion", FUSIONS), ("norm_scope", _NORM_GROUPS),
+                           ("frame_rule", FRAME_RULES), ("keyframes", KEYFRAME_RULES),
+                           ("motion_score", MOTION_SCORES)):
             if getattr(self, key) not in table:
                 raise ValueError(f"codec {key}={getattr(self, key)!r}; choose one of {sorted(table)}")
+        if not 0.0 <= self.center_prior <= 1.0 or self.center_sigma <= 0:
+            raise ValueError(f"codec center_prior={self.center_prior} must lie in [0, 1] and center_sigma="
+                             f"{self.center_sigma} be > 0")
         if self.residual_scale not in (1, 2, 4):
             raise ValueError(f"codec residual_scale={self.residual_scale}; choose 1, 2 or 4")
         if self.num_frames < 1:
@@ -512,6 +538,41 @@ def fuse(motion: np.ndarray, residual: np.ndarray, cfg: CodecConfig) -> np.ndarr
     return FUSIONS[cfg.fusion](m, r, cfg.motion_weight, cfg.residual_weight).astype(np.float32, copy=False)
 
 
+def local_variance(magnitude: np.ndarray, size: int = 3) -> np.ndarray:
+    """Variance of `magnitude` over each cell's `size` x `size` neighbourhood (edge-padded), cells without
+    a vector (NaN) counting as still (0): high where neighbouring blocks move differently."""
+    pad = size // 2
+    values = np.pad(np.nan_to_num(magnitude, nan=0.0).astype(np.float64), pad, mode="edge")
+    h, w = magnitude.shape
+    windows = np.lib.stride_tricks.sliding_window_view(values, (size, size))[:h, :w]
+    mean = windows.mean(axis=(2, 3))
+    return np.maximum((windows**2).mean(axis=(2, 3)) - mean**2, 0.0).astype(np.float32)
+
+
+# `CodecConfig.motion_score`: a frame's object-motion magnitude per cell (NaN: no vector) -> its score
+MOTION_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "magnitude": lambda magnitude: magnitude,
+    "local_variance": local_variance,
+}
+
+KEYFRAMES_ZEROED = 8  # the original zeroes at most this many sampled keyframes (its `tokeq_target_frames`)
+# `CodecConfig.keyframes`: how many sampled keyframes (the first ones) score zero
+KEYFRAME_RULES: dict[str, int] = {"scored": 0, "zero": KEYFRAMES_ZEROED}
+
+
+def centre_prior(fused: np.ndarray, frame_size: tuple[int, int], strength: float, sigma: float) -> np.ndarray:
+    """`fused` `[T, h, w]` (cells) times ``1 + strength * w``, clipped to [0, 1], in place; w is a Gaussian
+    of each cell centre's distance (pixels) to the frame centre, sigma `sigma` times the shorter side,
+    scaled to a maximum of 1."""
+    height, width = frame_size
+    deviation = max(sigma * min(height, width), 1.0)
+    y = (np.arange(fused.shape[1]) * CELL + (CELL - 1) / 2 - (height - 1) / 2) ** 2
+    x = (np.arange(fused.shape[2]) * CELL + (CELL - 1) / 2 - (width - 1) / 2) ** 2
+    weight = np.exp(-0.5 * (y[:, None] + x[None, :]) / deviation**2)
+    fused *= (1.0 + strength * weight / weight.max()).astype(np.float32)
+    return np.clip(fused, 0.0, 1.0, out=fused)
+
+
 def active_cells(motion: np.ndarray, residual: np.ndarray, cfg: CodecConfig) -> int:
     """Cells where motion or residual exceeds its noise floor (NaN motion counts as still)."""
     return int(np.count_nonzero((motion >= cfg.motion_floor) | (residual >= cfg.residual_floor)))
@@ -520,18 +581,7 @@ def active_cells(motion: np.ndarray, residual: np.ndarray, cfg: CodecConfig) -> 
 # ----------------------------------------------------------------------------- frame plan and decoding
 
 
-def plan_slots(n_frames: int, num_slots: int,
-               jitter: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(frame offsets within the clip, temporal slots) for `num_slots` frames at linspace.
-
-    A clip of at least `num_slots` frames gives one distinct frame per slot. A shorter clip keeps every
-    frame once, spread over the slot grid at linspace so that t keeps meaning "fraction of the clip";
-    the slots in between stay empty (no patch can be selected there). `jitter` (a training view: one
-    fraction in [0, 1) per slot) moves slot i's frame to that fraction of the i-th of `num_slots` equal
-    chunks of the clip instead, still one distinct frame per slot.
-    """
-    if n_frames < 1:
-        raise ValueError("the clip has no decodable frame")
+def _plan_round(n_frames: int, num_slots: int, jitter: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if n_frames >= num_slots:
         if jitter is not None:
             bounds = np.arange(num_slots + 1) * n_frames // num_slots  # whole-frame chunks: no repeats
@@ -541,6 +591,36 @@ def plan_slots(n_frames: int, num_slots: int,
         return frames, np.arange(num_slots, dtype=np.int64)
     slots = np.rint(np.linspace(0, num_slots - 1, n_frames)).astype(np.int64)
     return np.arange(n_frames, dtype=np.int64), slots
+
+
+def _plan_floor(n_frames: int, num_slots: int, jitter: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    # the same frames at train and test (no jitter), repeated in clips shorter than the run
+    return np.linspace(0, n_frames - 1, num_slots).astype(np.int64), np.arange(num_slots, dtype=np.int64)
+
+
+# `CodecConfig.frame_rule`: (clip length, slots, training jitter or None) -> (frame offsets, slots)
+FRAME_RULES: dict[str, Callable[[int, int, np.ndarray | None], tuple[np.ndarray, np.ndarray]]] = {
+    "round": _plan_round,
+    "floor": _plan_floor,
+}
+FIXED_FRAME_RULES = frozenset({"floor"})  # rules whose training views take the test frames (no jitter)
+
+
+def plan_slots(n_frames: int, num_slots: int, jitter: np.ndarray | None = None,
+               rule: str = "round") -> tuple[np.ndarray, np.ndarray]:
+    """(frame offsets within the clip, temporal slots) for `num_slots` frames at linspace.
+
+    Rule "round": a clip of at least `num_slots` frames gives one distinct frame per slot,
+    ``rint(linspace(0, n - 1, num_slots))``. A shorter clip keeps every frame once, spread over the slot
+    grid at linspace so that t keeps meaning "fraction of the clip"; the slots in between stay empty (no
+    patch can be selected there). `jitter` (a training view: one fraction in [0, 1) per slot) moves slot
+    i's frame to that fraction of the i-th of `num_slots` equal chunks of the clip instead, still one
+    distinct frame per slot. Rule "floor" (the original suite's): ``int(linspace(0, n - 1, num_slots))``
+    in every slot, jitter or not, repeating frames in a short clip.
+    """
+    if n_frames < 1:
+        raise ValueError("the clip has no decodable frame")
+    return FRAME_RULES[rule](n_frames, num_slots, jitter)
 
 
 def frame_threads_safe(stream: av.video.stream.VideoStream) -> bool:
@@ -613,7 +693,9 @@ class _PassResult:
     motion: np.ndarray | None = None
     residual: np.ndarray | None = None
     contrast: np.ndarray | None = None
+    keyframe: np.ndarray | None = None
     decoded: int = 0
+    tail_row: int | None = None  # the row the last decoded frame filled in for a frame past the end
     active: int = 0  # cells above a noise floor, over the sampled frames that have a reference
     compared: int = 0  # cells of those frames
     any_vectors: bool = False
@@ -651,6 +733,7 @@ class _DecodePass:
         self.anchor: _Luma | None = None  # the last non-B frame: the past reference
         self.ready: list[_Sampled] = []
         self.waiting: list[_Sampled] = []  # B-frames waiting for their future anchor
+        self.tail: tuple[av.VideoFrame, _Luma, _Luma | None] | None = None  # the last frame, if not sampled
         self.scaler = VideoReformatter()
 
     def run(self, path: Path, stop: int, first: int = 0) -> _PassResult:
@@ -677,9 +760,20 @@ class _DecodePass:
                     self.out.decoded += 1
                     if len(self.ready) >= _BATCH:
                         self._analyse()
+        self._fill_in_tail()
         self.ready += self.waiting  # the stream ended before their future anchor
         self._analyse()
         return self.out
+
+    def _fill_in_tail(self) -> None:
+        """A stream that ends before frames its packets promised: the last decoded frame stands in for
+        the first sampled frame past the end (so the run still reaches the end of the clip, in this one
+        pass); sampled frames after that one stay unfilled."""
+        missing = [row for index, row in self.wanted.items() if index >= self.out.decoded]
+        if missing and self.tail is not None:
+            frame, current, past = self.tail
+            self.out.tail_row = min(missing)
+            self._sample(frame, current, past, self.out.tail_row, frame.pict_type != PictureType.B)
 
     def _frame(self, frame: av.VideoFrame, index: int) -> None:
         out = self.out
@@ -689,6 +783,7 @@ class _DecodePass:
             out.motion = np.full((len(self.wanted), *self.geo.cells), np.nan, np.float32)
             out.residual = np.zeros((len(self.wanted), *self.geo.cells), np.float32)
             out.contrast = np.zeros(len(self.wanted), np.float32)
+            out.keyframe = np.zeros(len(self.wanted), bool)
         current = _Luma(frame, self.geo, self.scaler)
         is_anchor = frame.pict_type != PictureType.B
         if is_anchor and self.waiting:
@@ -698,26 +793,36 @@ class _DecodePass:
             self.waiting = []
         row = self.wanted.get(index)
         if row is not None:
-            mvs = motion_vectors(frame)
-            mvs = mvs if mvs is not None and len(mvs) else None
-            sample = _Sampled(row, current.load(), mvs, self.anchor and self.anchor.load())
-            out.contrast[row] = sample.luma.luma.std()
-            if self.keep is not None:
-                out.pixels[row] = self.keep(frame)
-            future = not is_anchor and mvs is not None and bool((mvs["source"] > 0).any())
-            (self.waiting if future else self.ready).append(sample)
+            self._sample(frame, current, self.anchor, row, is_anchor)
+        self.tail = (frame, current, self.anchor) if row is None else None
         if is_anchor:
             self.anchor = current
+
+    def _sample(self, frame: av.VideoFrame, current: _Luma, past: _Luma | None, row: int,
+                is_anchor: bool) -> None:
+        """Collect what row `row`'s maps need from `frame` (its past reference: `past`)."""
+        out = self.out
+        mvs = motion_vectors(frame)
+        mvs = mvs if mvs is not None and len(mvs) else None
+        sample = _Sampled(row, current.load(), mvs, past and past.load())
+        out.contrast[row] = sample.luma.luma.std()
+        out.keyframe[row] = frame.key_frame
+        if self.keep is not None:
+            out.pixels[row] = self.keep(frame)
+        future = not is_anchor and mvs is not None and bool((mvs["source"] > 0).any())
+        (self.waiting if future else self.ready).append(sample)
 
     def _analyse(self) -> None:
         """Motion and residual maps of the frames collected so far."""
         out, cfg = self.out, self.cfg
         for sample in self.ready:
             row, field = sample.row, None
+            magnitude = out.motion[row]  # NaN: no vector
             if sample.mvs is not None:
                 out.any_vectors = True
                 field = rasterise(sample.mvs, out.size)
-                out.motion[row] = object_motion(field, cfg.camera, cfg.camera_trim)
+                magnitude = object_motion(field, cfg.camera, cfg.camera_trim)
+                out.motion[row] = MOTION_SCORES[cfg.motion_score](magnitude)
             residual = self.geo.residual(sample.luma, field, sample.past, sample.future)
             if cfg.residual_baseline > 0:
                 floor = cfg.residual_baseline * _median(residual.ravel()[::7])
@@ -725,7 +830,7 @@ class _DecodePass:
             else:
                 out.residual[row] = residual
             if sample.past is not None:
-                out.active += active_cells(out.motion[row], out.residual[row], cfg)
+                out.active += active_cells(magnitude, out.residual[row], cfg)
                 out.compared += residual.size
         self.ready = []
 
@@ -768,9 +873,11 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
     `keep`, if given, converts each sampled frame (e.g. to resized RGB) so callers need not decode
     again; its outputs come back in row order. The pass decodes every frame in order (motion vectors
     need them) from the last keyframe before `start_frame` (`seek`; from the start of the file where
-    timestamps do not number the frames) and stops at `end_frame`: a segment of a long video costs
-    the segment, not the video. The maps are the same either way. If the file holds fewer (or, without
-    `end_frame`, more) frames than its packets promised, the frames are re-planned and decoded again.
+    timestamps do not number the frames) and stops after the last frame the plan samples: a segment of a
+    long video costs the segment, not the video. The maps are the same either way. The plan is made
+    once, from `end_frame` or the file's packet count (`count_frames`); if fewer frames decode, the last
+    one that does stands in for the first sampled frame past the end and later ones are left out (one
+    warning), and frames past the packet count are never read. Nothing is decoded twice.
     `jitter` moves the sampled frames within their chunks (`plan_slots`: training views).
     """
     path, cfg = Path(path), cfg or CodecConfig()
@@ -778,37 +885,50 @@ def analyse(path: str | Path, cfg: CodecConfig | None = None, start_frame: int |
     n = (end_frame if end_frame is not None else count_frames(path)) - start
     if n < 1:
         raise ValueError(f"{path}: the clip [{start}, {end_frame}) holds no frame")
-    stop = end_frame if end_frame is not None else 1 << 62
-    for _attempt in range(2):
-        offsets, slots = plan_slots(n, cfg.num_frames, jitter)
-        wanted = {start + int(o): i for i, o in enumerate(offsets)}
-        try:  # a segment of a long video: decode from the keyframe before it, not from the start
-            result = _DecodePass(wanted, cfg, keep).run(path, stop, start if seek else 0)
-        except _Unaligned:
-            result = _DecodePass(wanted, cfg, keep).run(path, stop)
-        available = result.decoded - start
-        if available == n:
-            break
-        if available < 1:
-            raise ValueError(f"{path}: no frame decodes in [{start}, {end_frame}); the file may be damaged")
-        log.warning("%s: expected %d frames in [%d, %s), decoded %d; re-planning the sampled frames",
-                    path, n, start, end_frame, max(available, 0))
-        n = available
-    else:
-        raise RuntimeError(f"{path}: frame count unstable across two decodes; the file may be damaged")
+    offsets, slots = plan_slots(n, cfg.num_frames, jitter, cfg.frame_rule)
+    distinct, row_of = np.unique(start + offsets, return_inverse=True)  # a frame in several slots: once
+    wanted = {int(f): r for r, f in enumerate(distinct)}
+    try:  # a segment of a long video: decode from the keyframe before it, not from the start
+        result = _DecodePass(wanted, cfg, keep).run(path, start + n, start if seek else 0)
+    except _Unaligned:
+        result = _DecodePass(wanted, cfg, keep).run(path, start + n)
+    if result.decoded <= start:
+        raise ValueError(f"{path}: no frame decodes in [{start}, {end_frame}); the file may be damaged")
+    if result.decoded < start + n:
+        if result.tail_row is not None:
+            distinct[result.tail_row] = result.decoded - 1
+        present = distinct < result.decoded
+        log.warning("%s: its packets promise %d frames in [%d, %s), %d decode; frame %d stands in for the "
+                    "first sampled frame past the end and %d sampled frames are left out", path, n, start,
+                    end_frame, result.decoded - start, result.decoded - 1, int((~present[row_of]).sum()))
+        rows = np.flatnonzero(present)
+        kept = present[row_of]
+        slots, row_of = slots[kept], np.searchsorted(rows, row_of[kept])
+        distinct = distinct[rows]
+        for name in ("motion", "residual", "contrast", "keyframe"):
+            setattr(result, name, getattr(result, name)[rows])
+        result.pixels = [result.pixels[r] for r in rows]
     if not result.any_vectors:  # counted per run by the caller (`SampledClip.signals`), not warned per file
         log.debug("%s: the codec exports no motion vectors; scoring patches by residual energy only", path)
     level = result.active / max(result.compared, 1)
     fused = fuse(result.motion, result.residual, cfg)
+    if cfg.center_prior > 0:
+        centre_prior(fused, result.size, cfg.center_prior, cfg.center_sigma)
+    fused = fused[row_of]
+    frames = distinct[row_of]
+    last = np.zeros(len(frames), bool)  # each frame's last slot: a repeated frame scores there only
+    last[len(frames) - 1 - np.unique(frames[::-1], return_index=True)[1]] = True
+    fused[~last] = 0.0
+    fused[np.flatnonzero(result.keyframe[row_of] & last)[:KEYFRAME_RULES[cfg.keyframes]]] = 0.0
     fused *= 255
     maps = CodecMaps(
         fused=np.rint(fused, out=fused).astype(np.uint8),
-        frame_indices=start + offsets, slots=slots, num_slots=cfg.num_frames, frame_size=result.size,
+        frame_indices=frames, slots=slots, num_slots=cfg.num_frames, frame_size=result.size,
         signals="motion+residual" if result.any_vectors else "residual",
-        activity=level, static=level < cfg.static_activity, motion=result.motion, residual=result.residual,
-        contrast=result.contrast,
+        activity=level, static=level < cfg.static_activity, motion=result.motion[row_of],
+        residual=result.residual[row_of], contrast=result.contrast[row_of],
     )
-    return maps, (result.pixels if keep is not None else None)
+    return maps, ([result.pixels[r] for r in row_of] if keep is not None else None)
 
 
 # ----------------------------------------------------------------------------- per-patch scores

@@ -26,7 +26,8 @@ from tasks.decode.codec import CodecConfig, CodecMaps, analyse
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 2: B-frame streams decode without frame threads; 3: maps carry each frame's contrast
+CACHE_VERSION = 4  # 2: B-frame streams decode without frame threads; 3: maps carry each frame's contrast;
+# 4: one decode pass, the last decoded frame standing in for a frame past the end
 _NOT_STORED = ("motion", "residual")  # raw maps: large, and not needed to select patches
 
 

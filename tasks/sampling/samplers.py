@@ -18,15 +18,26 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 from tasks.clip import Clip, SampledClip
-from tasks.decode.codec import CodecConfig, CodecMaps, crop_box, patch_scores, plan_slots
+from tasks.decode.codec import (
+    CELL,
+    FIXED_FRAME_RULES,
+    Box,
+    CodecConfig,
+    CodecMaps,
+    crop_box,
+    patch_scores,
+    plan_slots,
+)
 from tasks.decode.codec_cache import MapCache, cached_analyse
 from tasks.decode.video import VideoDecodeError, VideoReader, crop_square, open_video, resize_shorter_side
 from tasks.sampling.selection import (
     Selection,
     SelectionConfig,
     check_packed_budget,
+    flat_patch_means,
     on_slots,
     pack,
     per_frame_sparse,
@@ -379,18 +390,38 @@ class CodecSampler(BudgetSampler):
       the frames positions point to and keeps those tokens.
     `num_crops` spatial views each select their own patches from the same maps. A training view takes
     the centre crop and, given an rng, its own frames: each of the `num_frames` at a random fraction of
-    its chunk of the clip (`tasks.decode.codec.plan_slots`) instead of at linspace. Maps are cached under
-    `cache_dir` (if set) per video, span, codec settings and frame jitter, so other budgets and options
-    reuse them.
+    its chunk of the clip (`tasks.decode.codec.plan_slots`) instead of at linspace (`frame_rule="round"`;
+    "floor" takes the test frames). Maps are cached under `cache_dir` (if set) per video, span, codec
+    settings and frame jitter, so other budgets and options reuse them.
+
+    The original suite's rules are options (`probe/conf/sampling/codec.yaml` lists both sets; README
+    "Comparing with published numbers"): `frame_rule`, `keyframes`, `motion_score`, `norm_scope` and the
+    floors (`tasks.decode.codec.CodecConfig`); `center_rule` "patch" applies `center_prior` to patch
+    scores (`SelectionConfig`), "map" to the fused map as the original does (`CodecConfig`);
+    `static_rule` "activity" calls a clip static from its cells above the noise floors
+    (`CodecMaps.static`), "patch_percentile" from the percentiles of its patch means, as the original
+    does (`tasks.sampling.selection.flat_patch_means`, thresholds `static_abs` and `static_rel`).
     """
 
     static_fallback: bool = True
     static_frames: int = 4
+    static_rule: str = "activity"
+    static_abs: float = 116.0
+    static_rel: float = 0.55
+    center_rule: str = "patch"
     center_prior: float = 0.0
+    center_sigma: float = 0.5
     time_buckets: int = 1
     flat_std: float = 2.0
     camera: str = "similarity"
     fusion: str = "mean"
+    frame_rule: str = "round"
+    keyframes: str = "scored"
+    motion_score: str = "magnitude"
+    norm_scope: str = "clip"
+    motion_floor: float = 1.0
+    residual_floor: float = 6.0
+    residual_baseline: float = 1.0
     # Saliency is scored on the crop that a 224 px input (OneVision's) keeps, whatever the backbone's size:
     # the crop then differs by under a pixel between sizes, the scores not at all, so backbones with the
     # same patch grid (224/14, 256/16) get the same patches. Pixels are cropped at the backbone's size.
@@ -398,10 +429,19 @@ class CodecSampler(BudgetSampler):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.codec = CodecConfig(num_frames=self.num_frames, camera=self.camera, fusion=self.fusion)
+        for key, table in (("center_rule", CENTER_RULES), ("static_rule", STATIC_RULES)):
+            if getattr(self, key) not in table:
+                raise ValueError(f"{key}={getattr(self, key)!r}; choose one of {', '.join(sorted(table))}")
+        on_map = self.center_rule == "map"  # the prior applies in one place only
+        self.codec = CodecConfig(
+            num_frames=self.num_frames, camera=self.camera, fusion=self.fusion, frame_rule=self.frame_rule,
+            keyframes=self.keyframes, motion_score=self.motion_score, norm_scope=self.norm_scope,
+            motion_floor=self.motion_floor, residual_floor=self.residual_floor,
+            residual_baseline=self.residual_baseline, center_prior=self.center_prior if on_map else 0.0,
+            center_sigma=self.center_sigma)
         self.selection = SelectionConfig(self.keep_first_frame, self.static_fallback, self.static_frames,
-                                         self.center_prior, time_buckets=self.time_buckets,
-                                         flat_std=self.flat_std)
+                                         0.0 if on_map else self.center_prior, self.center_sigma,
+                                         self.time_buckets, self.flat_std)
         self.cache = MapCache(Path(self.cache_dir)) if self.cache_dir else None
 
     def maps_key(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None
@@ -419,12 +459,14 @@ class CodecSampler(BudgetSampler):
             if start >= reader.num_frames:
                 start, end = clip_span(clip, reader.num_frames)
         jitter = rng.random(self.num_frames) if rng is not None else None
-        return start, end, jitter, reader
+        return start, end, None if self.frame_rule in FIXED_FRAME_RULES else jitter, reader
 
     def select(self, clip: Clip, reader: VideoReader | None, rng: np.random.Generator | None,
                crops: list[float]) -> Chosen:
+        scaler = VideoReformatter()  # one swscale context per clip: `frame.to_ndarray` builds one per frame
+
         def resized(frame) -> torch.Tensor:
-            rgb = frame.to_ndarray(format="rgb24")[None]
+            rgb = scaler.reformat(frame, format="rgb24").to_ndarray()[None]
             return resize_shorter_side(rgb, self.size, self.interpolation)[0]
 
         start, end, jitter, reader = self.maps_key(clip, reader, rng)
@@ -435,9 +477,26 @@ class CodecSampler(BudgetSampler):
         for pos in crops:
             box = crop_box(maps.frame_size, self.SCORE_SIZE, pos)
             scores = patch_scores(maps, (self.grid, self.grid), box)
-            selections.append(select_patches(scores, self.k, self.selection, static=maps.static,
+            static = STATIC_RULES[self.static_rule](self, maps, scores, box)
+            selections.append(select_patches(scores, self.k, self.selection, static=static,
                                              contrast=maps.slot_contrast))
         return Chosen(maps, selections, pixels, reader)
+
+    def patch_means(self, scores: np.ndarray, box: Box) -> np.ndarray:
+        """`patch_scores` as each patch's mean fused level (0..255), as the original's uint8 map gives."""
+        cells = (box[2] / CELL / self.grid) * (box[3] / CELL / self.grid)
+        return scores * (255.0 / cells)
+
+
+# `CodecSampler.center_rule`: where `center_prior` applies (patch scores: ovprobe's; the fused map: the
+# original's)
+CENTER_RULES = ("patch", "map")
+# `CodecSampler.static_rule`: (sampler, maps, patch scores, crop box) -> whether the clip is static
+STATIC_RULES: dict[str, Callable[[CodecSampler, CodecMaps, np.ndarray, Box], bool]] = {
+    "activity": lambda s, maps, scores, box: maps.static,
+    "patch_percentile": lambda s, maps, scores, box: flat_patch_means(s.patch_means(scores, box),
+                                                                      s.static_abs, s.static_rel),
+}
 
 
 @register_sampler("random")

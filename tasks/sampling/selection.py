@@ -162,6 +162,16 @@ def select_patches(scores: np.ndarray, budget: int, cfg: SelectionConfig | None 
                      static=bool(static and cfg.static_fallback))
 
 
+def flat_patch_means(means: np.ndarray, abs_level: float, rel_contrast: float) -> bool:
+    """The original suite's static-clip test on the patch means of the fused map (levels 0..255, NaN:
+    no frame): static when their 95th percentile p95 is below `abs_level`, or below twice it with
+    ``(p95 - p50) / p95`` below `rel_contrast` (a flat distribution)."""
+    finite = means[np.isfinite(means)]
+    p95, p50 = np.percentile(finite, 95.0), np.percentile(finite, 50.0)
+    flat = (p95 - p50) / max(p95, 1e-6) < rel_contrast
+    return bool(p95 < abs_level or (p95 < 2 * abs_level and flat))
+
+
 def _quotas(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (i < extra) for i in range(parts)]
