@@ -227,26 +227,31 @@ def augmentation_record(config: dict[str, Any], clips: list[Clip], views: int) -
     }
 
 
+def store_request(
+    config: dict[str, Any], task: Task, split: str, sampler: Sampler, train: bool
+) -> dict[str, Any]:
+    """What `extract` asks the feature store for, besides the backbone and the clips (the store key's
+    other fields): `ovprobe-plan` looks stores up with the same."""
+    views = config["extract"]["train_views"] if train else sampler.num_views
+    # What the training views are (frame rule, jitter settings): a change keys a new store.
+    augment = {"views": "own-offsets-v2", "color_jitter": color_jitter(config).to_dict()} if train else None
+    sampling = {**config["sampling"], "mode": "train" if train else "eval", "augment": augment}
+    return dict(task=task.name, split=split, sampling=sampling, seed=config["seed"], views=views,
+                dtype=config["extract"]["dtype"])
+
+
 def extract(
     config: dict[str, Any], backbone: Backbone, task: Task, split: str, sampler: Sampler, train: bool
 ) -> FeatureStore:
     extract_cfg = config["extract"]
-    views = extract_cfg["train_views"] if train else sampler.num_views
-    sampling = {k: v for k, v in config["sampling"].items()}
+    request = store_request(config, task, split, sampler, train)
     jitter = color_jitter(config) if train else None
-    # What the training views are (frame rule, jitter settings): a change keys a new store.
-    augment = {"views": "own-offsets-v2", "color_jitter": jitter.to_dict()} if train else None
     return extract_features(
         backbone,
         task.clips(split),
-        ViewSampler(sampler, train, views, config["seed"], config["on_bad_clip"], jitter),
+        ViewSampler(sampler, train, request["views"], config["seed"], config["on_bad_clip"], jitter),
         root=Path(config["cache_dir"]).expanduser() / "features",
-        task=task.name,
-        split=split,
-        sampling={**sampling, "mode": "train" if train else "eval", "augment": augment},
-        seed=config["seed"],
-        views=views,
-        dtype=extract_cfg["dtype"],
+        **request,
         shard_size=extract_cfg["shard_size"],
         batch_size=extract_cfg["batch_size"],
         num_workers=config["num_workers"],
@@ -709,7 +714,9 @@ def main() -> None:
 
     @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> dict[str, Any] | JobFailure:
-        if launch.rank > 0:  # process 0 tells the story; the others only warn
+        # Read in the job's own process: a submitit job (hydra/launcher=slurm) is started by srun, not by
+        # the command that sent the sweep, and only there does SLURM say which task this is.
+        if distributed.launch_from_env().rank > 0:  # process 0 tells the story; the others only warn
             logging.getLogger().setLevel(logging.WARNING)
         hydra_cfg = HydraConfig.get()
         job_dir = Path(hydra_cfg.runtime.output_dir)
