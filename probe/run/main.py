@@ -8,6 +8,7 @@ torchrun or srun, the processes share the work (`probe.distributed`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from hydra.experimental.callback import Callback
 
 from backbones import Backbone, create_backbone, list_backbones
 from probe import distributed
-from probe.files import exclusive
+from probe.files import atomic_write_text, exclusive
 from probe.record import (
     ResultsDirError,
     RunSlot,
@@ -261,14 +262,16 @@ def extract(
     )
 
 
-def run_identity(config: dict[str, Any], backbone: Backbone, task: Task) -> dict[str, str]:
+def run_identity(
+    config: dict[str, Any], backbone: Backbone, task: Task, digest: Callable[[list[Clip]], str] = clips_digest
+) -> dict[str, str]:
     """What a run ran on beyond its config: the weights' fingerprint and compute dtype (`dtype=auto`
-    differs by device) and each split's clips and labels."""
+    differs by device) and each split's clips and labels (`digest`: `ovprobe-plan` passes a memo)."""
     return {
         "weights": backbone.fingerprint(),
         "dtype": backbone.feature_identity()["dtype"],
         **{
-            f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]))
+            f"{role}_clips": digest(task.clips(config["task"][f"{role}_split"]))
             for role in ("train", "eval")
         },
     }
@@ -618,20 +621,43 @@ class PrintSummary(Callback):
     """Hydra callback: print one table of the runs of an invocation (a sweep or a single run), and the
     runs of a sweep that failed, each with its one-line reason."""
 
+    HANDOVER = "summary.json"  # a launcher job's line of the summary, in its log folder, for the sender
+
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.failed: list[tuple[list[str], str]] = []  # (the job's overrides, why it failed)
         self.overrides: list[list[str]] = []  # every job's, to name a failed job by what varies
+        self.pid = os.getpid()  # the sending process; submitit's launchers run each job in another
 
     def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
-        self.overrides.append(list(job_return.overrides or []))
-        if job_return.status != JobStatus.COMPLETED:
+        overrides = list(job_return.overrides or [])
+        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        failed = value.reason if isinstance(value, JobFailure) else None
+        row = record_row(value) if value is not None and failed is None else None
+        if os.getpid() != self.pid:  # a launcher's job process: hand the line over to the sender
+            if distributed.launch_from_env().rank == 0:
+                folder = Path(config.hydra.runtime.output_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                text = json.dumps({"overrides": overrides, "row": row, "failed": failed}, default=str)
+                atomic_write_text(folder / self.HANDOVER, text)
             return
-        value = job_return.return_value
-        if isinstance(value, JobFailure):
-            self.failed.append((self.overrides[-1], value.reason))
-        else:
-            self.rows.append(record_row(value))
+        self._add(overrides, row, failed)
+
+    def _add(self, overrides: list[str], row: dict[str, Any] | None, failed: str | None) -> None:
+        self.overrides.append(overrides)
+        if failed is not None:
+            self.failed.append((overrides, failed))
+        elif row is not None:
+            self.rows.append(row)
+
+    def _collect_handovers(self, sweep_dir: Path) -> None:
+        """The lines the sweep's job processes handed over (submitit launchers), in job order."""
+        found = [p for p in sweep_dir.glob(f"*/{self.HANDOVER}") if p.parent.name.isdigit()]
+        for path in sorted(found, key=lambda p: int(p.parent.name)):
+            line = json.loads(path.read_text())
+            self._add(line["overrides"], line["row"], line["failed"])
+            path.unlink()
+            _remove_if_empty(path.parent, keep=set())
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
         if distributed.launch_from_env().rank != 0:
@@ -645,6 +671,7 @@ class PrintSummary(Callback):
             FAILED.extend(lines)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._collect_handovers(Path(config.hydra.sweep.dir))
         self.on_run_end(config)
         _remove_if_empty(Path(config.hydra.sweep.dir), keep={"multirun.yaml"})
 

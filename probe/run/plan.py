@@ -21,6 +21,7 @@ which enters the store keys).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -47,9 +48,9 @@ from probe.run.main import (
     tokens_per_view,
 )
 from probe.run.schema import ConfigError
-from probe.store.features import LAYOUT, MANIFEST, StoreKey, store_bytes, store_key
+from probe.store.features import LAYOUT, MANIFEST, StoreKey, clips_digest, store_bytes, store_key
 from probe.store.features import _size as size_text
-from tasks import Task, create_task
+from tasks import Clip, Task, create_task
 
 log = logging.getLogger("ovprobe-plan")
 # The key fields a run that loads weights can only know once it has read them.
@@ -190,13 +191,23 @@ class Planner:
         self.backbones: dict[str, tuple[Backbone, bool]] = {}
         self.indexes: dict[Path, StoreIndex] = {}
         self.records: dict[Path, dict[str, list[dict[str, Any]]]] = {}
+        self.digests: dict[int, tuple[list[Clip], str]] = {}
+
+    def digest(self, clips: list[Clip]) -> str:
+        """`clips_digest`, once per clip list (each task's `clips` is memoised to return the same list):
+        hashing 240k clips takes a second, and a sweep asks for each split's digest many times."""
+        if id(clips) not in self.digests:
+            self.digests[id(clips)] = (clips, clips_digest(clips))  # the list is kept: its id stays unique
+        return self.digests[id(clips)][1]
 
     def task(self, config: dict[str, Any]) -> Task:
         args = {"on_bad_record": config["on_bad_record"], **config["task"]["args"]}
         key = json.dumps([config["task"]["name"], args], sort_keys=True, default=str)
         if key not in self.tasks:
-            self.tasks[key] = create_task(config["task"]["name"], **args)
-            self.tasks[key].require_videos = False
+            task = create_task(config["task"]["name"], **args)
+            task.require_videos = False
+            task.clips = functools.cache(task.clips)  # one list per split, for `digest`
+            self.tasks[key] = task
         return self.tasks[key]
 
     def backbone(self, config: dict[str, Any]) -> tuple[Backbone, bool]:
@@ -233,7 +244,7 @@ class Planner:
         check_config(config)
         task = self.task(config)
         backbone, weights_known = self.backbone(config)
-        identity = run_identity(config, backbone, task)
+        identity = run_identity(config, backbone, task, self.digest)
         name = run_id(config, identity) if weights_known else run_id(config).rsplit("-", 1)[0] + "-?"
         finished = self.finished(config, identity, weights_known)
         splits = {"train": config["task"]["train_split"], "eval": config["task"]["eval_split"]}
@@ -259,8 +270,8 @@ class Planner:
             else:
                 request = store_request(config, task, split, sampler, train)
                 views = request["views"]
-                state, left = store_state(self.indexes[root].find(store_key(backbone, clips, **request),
-                                                                  weights_known))
+                key = store_key(backbone, clips, **request, digest=self.digest)
+                state, left = store_state(self.indexes[root].find(key, weights_known))
                 size = store_bytes(len(clips), views, tokens, backbone.embed_dim, request["dtype"])
             flops = None if view_flops is None else view_flops * len(clips) * views * left
             plan.stores.append(StorePlan(role, len(clips), views, state, int(size * left), flops))

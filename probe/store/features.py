@@ -366,13 +366,13 @@ def clips_digest(clips: Sequence[ClipLike]) -> str:
 
 def store_key(
     backbone: Backbone, clips: Sequence[ClipLike], *, task: str, split: str, sampling: Mapping[str, Any],
-    seed: int, views: int, dtype: str,
+    seed: int, views: int, dtype: str, digest: Callable[[Sequence[ClipLike]], str] | None = None,
 ) -> StoreKey:
     """The key of the store `extract_features` reads or writes for these arguments (`ovprobe-plan` looks
-    stores up by it)."""
+    stores up by it, with `digest` a memo of `clips_digest`)."""
     return StoreKey(backbone=backbone.name, backbone_identity=backbone.feature_identity(), task=task,
                     split=split, sampling=dict(sampling), seed=seed, views=views, dtype=dtype,
-                    clips=clips_digest(clips))
+                    clips=(digest or clips_digest)(clips))
 
 
 def extract_features(
