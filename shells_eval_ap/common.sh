@@ -12,6 +12,8 @@
 #   NNODES      nodes; above 1 run the script on every node with RDZV_ENDPOINT=<first node>:<port>
 #   BATCH_SIZE  clips per backbone batch during feature extraction (default: the config's)
 #   DRY_RUN=1   print the resolved commands instead of running them
+#   PLAN=1      run nothing: print the plan of these runs (`ovprobe-plan`: finished or not, feature stores,
+#               bytes to write, clips, encode FLOPs and hours), from the annotation files alone
 # Extra arguments are Hydra overrides passed to every run, e.g. `probe.recipe.epochs=5 device=cuda:1`.
 # A dataset whose run fails does not stop the others: every dataset runs, and the failed ones are listed
 # at the end (exit status 1), as a sweep lists its failed jobs.
@@ -43,14 +45,18 @@ run_eval() {
         fi
         launcher+=(-m probe.run)
     fi
-    local dataset failed=()
+    local dataset failed=() plan=()
     for dataset in ${DATASETS:-$PAPER_DATASETS}; do
-        local cmd=("${launcher[@]}" "backbone=$backbone" "task=$dataset" "${setting[@]}")
-        if [[ -n ${DATA_ROOT:-} ]]; then cmd+=("++task.args.root=$DATA_ROOT/$dataset"); fi
-        if [[ -n $checkpoint ]]; then cmd+=("backbone.args.checkpoint=$checkpoint"); fi
-        if [[ -n ${BATCH_SIZE:-} ]]; then cmd+=("extract.batch_size=$BATCH_SIZE"); fi
-        cmd+=("$@")
-        if [[ ${DRY_RUN:-0} == 1 ]]; then
+        local args=("backbone=$backbone" "task=$dataset" "${setting[@]}")
+        if [[ -n ${DATA_ROOT:-} ]]; then args+=("++task.args.root=$DATA_ROOT/$dataset"); fi
+        if [[ -n $checkpoint ]]; then args+=("backbone.args.checkpoint=$checkpoint"); fi
+        if [[ -n ${BATCH_SIZE:-} ]]; then args+=("extract.batch_size=$BATCH_SIZE"); fi
+        args+=("$@")
+        local cmd=("${launcher[@]}" "${args[@]}")
+        if [[ ${PLAN:-0} == 1 ]]; then # one plan of every dataset's run: `ovprobe-plan A --and B ...`
+            if ((${#plan[@]})); then plan+=(--and); fi
+            plan+=("${args[@]}")
+        elif [[ ${DRY_RUN:-0} == 1 ]]; then
             printf '%q' "${cmd[0]}"
             printf ' %q' "${cmd[@]:1}"
             printf '\n'
@@ -58,6 +64,7 @@ run_eval() {
             failed+=("$dataset")
         fi
     done
+    if ((${#plan[@]})); then ovprobe-plan "${plan[@]}"; fi
     if ((${#failed[@]})); then
         echo "run_eval: ${#failed[@]} dataset(s) failed (their messages are above): ${failed[*]}" >&2
         return 1

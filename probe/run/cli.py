@@ -7,6 +7,7 @@ is refused by Hydra or `check_overrides` before the backbones, tasks and torch a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
+from probe.files import atomic_write_text
 from probe.record import ResultsDirError, check_writable
 from probe.run.schema import ConfigError, check_overrides, check_run_config
 
@@ -47,24 +49,50 @@ class CheckResultsDir(Callback):
 
 class PrintSummary(Callback):
     """Hydra callback: print one table of the runs of an invocation (a sweep or a single run), and the
-    runs of a sweep that failed, each with its one-line reason."""
+    runs of a sweep that failed, each with its one-line reason. Under submitit's launchers each job runs
+    in a process of its own, which hands its line to the sending process through its log folder."""
+
+    HANDOVER = "summary.json"  # a launcher job's line of the summary, in its log folder, for the sender
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.failed: list[tuple[list[str], str]] = []  # (the job's overrides, why it failed)
         self.overrides: list[list[str]] = []  # every job's, to name a failed job by what varies
+        self.pid = os.getpid()  # the sending process; submitit's launchers run each job in another
 
     def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
-        self.overrides.append(list(job_return.overrides or []))
-        if job_return.status != JobStatus.COMPLETED:
-            return
-        value = job_return.return_value
-        if isinstance(value, JobFailure):
-            self.failed.append((self.overrides[-1], value.reason))
-        else:
+        overrides = list(job_return.overrides or [])
+        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        failed = value.reason if isinstance(value, JobFailure) else None
+        row = None
+        if value is not None and failed is None:
             from probe.report.results import record_row
 
-            self.rows.append(record_row(value))
+            row = record_row(value)
+        if os.getpid() != self.pid:  # a launcher's job process: hand the line over to the sender
+            if _rank() == 0:
+                folder = Path(config.hydra.runtime.output_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                text = json.dumps({"overrides": overrides, "row": row, "failed": failed}, default=str)
+                atomic_write_text(folder / self.HANDOVER, text)
+            return
+        self._add(overrides, row, failed)
+
+    def _add(self, overrides: list[str], row: dict[str, Any] | None, failed: str | None) -> None:
+        self.overrides.append(overrides)
+        if failed is not None:
+            self.failed.append((overrides, failed))
+        elif row is not None:
+            self.rows.append(row)
+
+    def _collect_handovers(self, sweep_dir: Path) -> None:
+        """The lines the sweep's job processes handed over (submitit launchers), in job order."""
+        found = [p for p in sweep_dir.glob(f"*/{self.HANDOVER}") if p.parent.name.isdigit()]
+        for path in sorted(found, key=lambda p: int(p.parent.name)):
+            line = json.loads(path.read_text())
+            self._add(line["overrides"], line["row"], line["failed"])
+            path.unlink()
+            _remove_if_empty(path.parent, keep=set())
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
         from probe.report.results import format_table
@@ -80,6 +108,7 @@ class PrintSummary(Callback):
             FAILED.extend(lines)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._collect_handovers(Path(config.hydra.sweep.dir))
         self.on_run_end(config)
         _remove_if_empty(Path(config.hydra.sweep.dir), keep={"multirun.yaml"})
 
@@ -173,7 +202,9 @@ def main() -> None:
 
     @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> dict[str, Any] | JobFailure:
-        if rank > 0:  # process 0 tells the story; the others only warn
+        # Read in the job's own process: a submitit job (hydra/launcher=slurm) is started by srun, not by
+        # the command that sent the sweep, and only there does SLURM say which task this is.
+        if _rank() > 0:  # process 0 tells the story; the others only warn
             logging.getLogger().setLevel(logging.WARNING)
         hydra_cfg = HydraConfig.get()
         job_dir = Path(hydra_cfg.runtime.output_dir)

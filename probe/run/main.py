@@ -13,7 +13,7 @@ import logging.handlers
 import re
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -292,28 +292,33 @@ def augmentation_record(config: dict[str, Any], clips: list[Clip], views: int) -
     }
 
 
+def store_request(
+    config: dict[str, Any], task: Task, split: str, sampler: Sampler, train: bool
+) -> dict[str, Any]:
+    """What `extract` asks the feature store for, besides the backbone and the clips (the store key's
+    other fields): `ovprobe-plan` looks stores up with the same."""
+    views = config["extract"]["train_views"] if train else sampler.num_views
+    # What the training views are (frame rule, jitter settings): a change keys a new store.
+    augment = {"views": "own-offsets-v2", "color_jitter": color_jitter(config).to_dict()} if train else None
+    sampling = {**config["sampling"], "mode": "train" if train else "eval", "augment": augment}
+    return dict(task=task.name, split=split, sampling=sampling, seed=config["seed"], views=views,
+                dtype=config["extract"]["dtype"])
+
+
 def extract(
     config: dict[str, Any], backbone: Backbone, task: Task, split: str, sampler: Sampler, train: bool,
     clips_key: str | None = None,
 ) -> FeatureStore:
     """The split's store; `clips_key`: the split's digest as the run's identity took it (else taken now)."""
     extract_cfg = config["extract"]
-    views = extract_cfg["train_views"] if train else sampler.num_views
-    sampling = {k: v for k, v in config["sampling"].items()}
+    request = store_request(config, task, split, sampler, train)
     jitter = color_jitter(config) if train else None
-    # What the training views are (frame rule, jitter settings): a change keys a new store.
-    augment = {"views": "own-offsets-v2", "color_jitter": jitter.to_dict()} if train else None
     return extract_features(
         backbone,
         task.clips(split),
-        ViewSampler(sampler, train, views, config["seed"], config["on_bad_clip"], jitter),
+        ViewSampler(sampler, train, request["views"], config["seed"], config["on_bad_clip"], jitter),
         root=Path(config["cache_dir"]).expanduser() / "features",
-        task=task.name,
-        split=split,
-        sampling={**sampling, "mode": "train" if train else "eval", "augment": augment},
-        seed=config["seed"],
-        views=views,
-        dtype=extract_cfg["dtype"],
+        **request,
         shard_size=extract_cfg["shard_size"],
         batch_size=extract_cfg["batch_size"],
         num_workers=config["num_workers"],
@@ -324,16 +329,25 @@ def extract(
     )
 
 
-def run_identity(config: dict[str, Any], backbone: Backbone, task: Task) -> dict[str, str]:
+def fingerprint_cache(config: dict[str, Any]) -> Path:
+    """Where the videos' fingerprints are remembered (`probe.store.features.video_fingerprints`)."""
+    return Path(config["cache_dir"]).expanduser() / FINGERPRINT_CACHE
+
+
+def run_identity(
+    config: dict[str, Any], backbone: Backbone, task: Task, digest: Callable[[list[Clip]], str] | None = None
+) -> dict[str, str]:
     """What a run ran on beyond its config: the weights' fingerprint and compute dtype (`dtype=auto`
     differs by device) and each split's `clips_digest` (clips, labels, spans, video fingerprints), which
-    also keys the split's feature store."""
-    cache = Path(config["cache_dir"]).expanduser() / FINGERPRINT_CACHE
+    also keys the split's feature store (`digest`: `ovprobe-plan` passes a memo)."""
+    if digest is None:
+        cache = fingerprint_cache(config)
+        digest = lambda clips: clips_digest(clips, cache)  # noqa: E731
     return {
         "weights": backbone.fingerprint(),
         "dtype": backbone.feature_identity()["dtype"],
         **{
-            f"{role}_clips": clips_digest(task.clips(config["task"][f"{role}_split"]), cache)
+            f"{role}_clips": digest(task.clips(config["task"][f"{role}_split"]))
             for role in ("train", "eval")
         },
     }

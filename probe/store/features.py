@@ -111,13 +111,19 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+def store_bytes(clips: int, views: int, tokens: int, dim: int, dtype: str) -> int:
+    """Bytes a store of `clips` x `views` views of `tokens` tokens of `dim` channels takes on disk."""
+    codec = _codec(dtype)
+    itemsize = np.dtype(codec.disk_dtype).itemsize
+    return clips * views * tokens * ((dim + codec.extra) * itemsize + 3 * 4 + 4)  # tokens, (t, h, w), lengths
+
+
 def _check_room(path: Path, clips: int, views: int, tokens: int, dim: int, dtype: str) -> None:
     """Log what the missing shards will take, and stop before any work when the disk cannot hold it."""
     if not clips:
         return
-    codec = _codec(dtype)
-    itemsize = np.dtype(codec.disk_dtype).itemsize
-    need = clips * views * tokens * ((dim + codec.extra) * itemsize + 3 * 4 + 4)  # tokens, (t, h, w), lengths
+    itemsize = np.dtype(_codec(dtype).disk_dtype).itemsize
+    need = store_bytes(clips, views, tokens, dim, dtype)
     free = free_bytes(path)
     log.info("feature store %s: %d clips x %d views x %d tokens x %d channels x %d bytes = %s to write, %s "
              "free there", path.name, clips, views, tokens, dim, itemsize, _size(need), _size(free))
@@ -436,6 +442,17 @@ def clips_digest(clips: Sequence[ClipLike], fingerprint_cache: Path | None = Non
     return hashlib.sha256(_canonical(rows).encode()).hexdigest()
 
 
+def store_key(
+    backbone: Backbone, clips: Sequence[ClipLike], *, task: str, split: str, sampling: Mapping[str, Any],
+    seed: int, views: int, dtype: str, clips_key: str | None = None,
+) -> StoreKey:
+    """The key of the store `extract_features` reads or writes for these arguments (`ovprobe-plan` looks
+    stores up by it); `clips_key`: the clips' `clips_digest` if already taken."""
+    return StoreKey(backbone=backbone.name, backbone_identity=backbone.feature_identity(), task=task,
+                    split=split, sampling=dict(sampling), seed=seed, views=views, dtype=dtype,
+                    clips=clips_key or clips_digest(clips))
+
+
 def extract_features(
     backbone: Backbone,
     clips: Sequence[ClipLike],
@@ -469,17 +486,8 @@ def extract_features(
     _codec(dtype)
     if not clips:
         raise ValueError(f"no clips to extract for task {task!r} split {split!r}")
-    key = StoreKey(
-        backbone=backbone.name,
-        backbone_identity=backbone.feature_identity(),
-        task=task,
-        split=split,
-        sampling=dict(sampling),
-        seed=seed,
-        views=views,
-        dtype=dtype,
-        clips=clips_key or clips_digest(clips),
-    )
+    key = store_key(backbone, clips, task=task, split=split, sampling=sampling, seed=seed, views=views,
+                    dtype=dtype, clips_key=clips_key)
     path = Path(root) / key.dirname()
     # Process 0 holds the store's lock (a second run writing the same store waits), checks what exists
     # (and removes what fails); each process extracts its share of the missing shards; process 0 commits

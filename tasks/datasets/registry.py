@@ -65,6 +65,8 @@ class Task(ABC):
         self.skipped: dict[str, list[str]] = {}
         self.missing: dict[str, list[str]] = {}  # videos listed but absent, per split
         self.warnings: list[str] = []  # doubts about the annotations that do not stop a run; recorded
+        # False: a split none of whose videos exists is not an error (`ovprobe-plan` reads annotations alone)
+        self.require_videos = True
         self._clips: dict[str, list[Clip]] = {}
 
     @property
@@ -97,7 +99,7 @@ class Task(ABC):
                 missing.append(str(clip.path))
         skipped = self.skipped[split]
         self.missing[split] = missing
-        if clips and len(self.missing[split]) == len(clips):
+        if clips and len(self.missing[split]) == len(clips) and self.require_videos:
             raise AnnotationError(f"{self.name}/{split}: none of the {len(clips)} videos listed exists, e.g. "
                                   f"{clips[0].path}; check the task's root and layout (task.args)")
         if self.missing[split]:
