@@ -61,7 +61,8 @@ STEPS = ("parse", "check", "identity", "plan", "write", "reuse", "reuse-verify",
          "report")
 ONLY_KINETICS = ("select", "report-tables", "report")
 REPORT_RECORDS = 300
-# What a user may wait, per step, at these sizes (README "Scale"): seconds before work starts.
+# What a user may wait, per step, at these sizes (docs/scale.md "Full-size datasets"): seconds before
+# work starts.
 TARGET_S = {"parse": 15, "check": 5, "identity": 5, "plan": 5, "write": 300, "reuse": 10, "reuse-verify": 60,
             "select": 20, "report-tables": 10, "report": 60}
 TARGET_GROWTH_MB = 1024  # memory a step may add for 240k clips: far below any node's

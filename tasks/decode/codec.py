@@ -62,8 +62,8 @@ class CodecConfig:
     `residual_floor` (luma levels) bound the normalising percentile from below. A clip is static when
     fewer than `static_activity` of its cells exceed either floor.
 
-    The original suite's rules, each an option (`protocol=original` selects them all, README "Comparing
-    with published numbers"):
+    The original suite's rules, each an option (`protocol=original` selects them all, docs/protocols.md
+    "The original's codec selection"):
     - `frame_rule`: "round" takes frame ``rint(linspace(0, n-1, T))`` at test and a random frame of each
       of T chunks in training (`plan_slots`); "floor" takes ``int(linspace(0, n-1, T))`` at train and
       test alike, repeating frames in clips under T frames, where a repeated frame is scored at its last
