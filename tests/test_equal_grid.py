@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from test_run import small
 
-from probe.report.results import paper_tables, record_row
+from probe.report.results import name_rows, paper_tables, record_row
 from probe.run.main import run
 from tasks import Clip, create_sampler
 
@@ -43,7 +43,7 @@ def test_a_budget_on_another_grid_is_recorded_and_reported_apart(tmp_path):
     assert (ov["grid"], siglip["grid"]) == ([8, 8], [7, 7])
     assert (ov["budget"], siglip["budget"]) == (448, 448)  # each in its own patches
     assert ov["area_fraction"] == 448 / (64 * 64) and siglip["area_fraction"] == 448 / (64 * 49)
-    frame = pd.DataFrame([record_row(r) for r in runs.values()])
+    frame = name_rows(pd.DataFrame([record_row(r) for r in runs.values()]))
     tables = paper_tables(frame)
     assert set(tables) >= {"backbones_tasks_codec_448p_8x8grid", "backbones_tasks_codec_448p_7x7grid"}
     assert "backbones_tasks_codec_448p" not in tables

@@ -41,7 +41,8 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
         "base": run(small(tmp, *weights)),
         "repeat": run(small(tmp, *weights, "seed=1")),
         "epochs": run(small(tmp, *weights, "probe.recipe.epochs=3")),
-        "original": run(small(tmp, *weights, "protocol=original", "probe.recipe.val_fraction=0.0")),
+        "original": run(small(tmp, *weights, "protocol=original", "probe.recipe.val_fraction=0.0",
+                             "probe.recipe.batch_size=8")),
     }
     records["from_run"] = run(small(tmp, *weights, f"probe.from_run={records['base']['run_id']}"))
     state = load_file(str(folder / "model.safetensors"))
