@@ -163,8 +163,8 @@ def check_ovprobe(shown: Shown) -> int:
     for run in runs:
         config = compose_and_check(run)
         for override in parser.parse_overrides(run):  # the shown value is the one that runs
-            if "/" in override.key_or_group:
-                continue  # a group choice of Hydra's own (hydra/launcher=...), not in the run config
+            if "/" in override.key_or_group or override.key_or_group.startswith("hydra."):
+                continue  # Hydra's own config (hydra/launcher=..., hydra.launcher.*), not in the run config
             node: Any = config
             for part in override.key_or_group.split("."):
                 node = node[part]
@@ -200,7 +200,8 @@ def check_report(shown: Shown, monkeypatch) -> int:
 def check_script(shown: Shown) -> int:
     script = REPO_ROOT / shown.program
     assert script.is_file(), f"{shown.where}: {shown.program} does not exist"
-    env = script_env(**{**dict(shown.env), "DRY_RUN": "1"})
+    # PLAN=1 runs `ovprobe-plan` over the same runs (tests/test_plan.py); here the runs themselves compose.
+    env = script_env(**{**dict(shown.env), "DRY_RUN": "1", "PLAN": "0"})
     args = concrete(shown.args, shown.where)
     done = subprocess.run([str(script), *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0, f"{shown.where}: {shown.text}: {done.stderr[-2000:]}"

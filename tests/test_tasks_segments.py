@@ -180,7 +180,7 @@ def test_perception_test_runs_end_to_end_with_onevision_tiny(tmp_path: Path) -> 
     assert record["data"]["task"] == "perception_test" and record["data"]["num_classes"] == 3
     assert (record["data"]["train_clips"], record["data"]["eval_clips"]) == (12, 3)
     assert record["data"]["eval_split"] == "valid" and record["config"]["task"]["epochs"] == 10
-    assert record["config"]["task"]["original"] == {"epochs": 30, "batch_size": 32}  # HEAD get_epochs: 30; 4 per GPU x 8
+    assert record["config"]["task"]["original"] == {"epochs": 30, "batch_size": 32}  # 4 per GPU x 8
     assert record["config"]["sampling"]["name"] == "uniform"
     assert 0 <= record["metrics"]["test"]["top1"] <= 100
 
