@@ -26,6 +26,7 @@ MISTAKES = {
     "bad value (extract.dtype=fp16)": ["extract.dtype=fp16"],
     "bad value (backbone.args.dtype)": ["backbone.args.dtype=fp32"],
     "conflicting keys": ["sampling.budget=512", "sampling.frames_equiv=4"],
+    "checkpoint folder that does not exist": ["backbone.args.checkpoint=/nonexistent/checkpoint"],
 }
 LIMIT_S = 30.0
 

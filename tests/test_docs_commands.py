@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+import backbones.checkpoints
 import probe.report.main
-import probe.run.main
 import probe.run.select
 from probe.run.cli import EMBEDDED_DEFAULT
 from probe.run.main import check_config, compose_config
@@ -217,7 +217,7 @@ def check_script(shown: Shown) -> int:
 def shown_checkpoints_exist(monkeypatch) -> None:
     """A checkpoint folder in the docs (`/ckpt/...`) is the reader's: whether it is on this disk is not the
     docs' to prove (`check_config` refuses a missing one, `tests/test_mistakes.py`)."""
-    monkeypatch.setattr(probe.run.main, "resolve_checkpoint_dir", Path)
+    monkeypatch.setattr(backbones.checkpoints, "resolve_checkpoint_dir", Path)
 
 
 @pytest.mark.parametrize("shown", SHOWN, ids=lambda s: f"{s.where}:{s.program.rsplit('/', 1)[-1]}")

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 
 from probe.files import atomic_write_text
 from probe.record import ResultsDirError, check_writable
-from probe.run.schema import ConfigError, check_overrides, check_run_config
+from probe.run.schema import ConfigError, check_checkpoint, check_overrides, check_run_config
 
 log = logging.getLogger("ovprobe")
 
@@ -213,6 +213,7 @@ def main() -> None:
             config = OmegaConf.to_container(cfg, resolve=True)
             check_run_config(config, {})  # every value, before torch is imported (names: by `run`)
             check_overrides(list(hydra_cfg.overrides.task))
+            check_checkpoint(config)  # a checkpoint path that is a file or absent: still before torch
             from probe.run.main import run
 
             record = run(config, log_file=log_file)

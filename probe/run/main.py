@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from backbones import Backbone, create_backbone, list_backbones
-from backbones.weights import CheckpointError, resolve_checkpoint_dir
+from backbones.weights import CheckpointError
 from probe import distributed
 from probe.files import exclusive
 from probe.record import (
@@ -40,7 +40,7 @@ from probe.record import (
 # `ovprobe` itself lives in `probe.run.cli` (no torch at import: config mistakes are refused fast); its
 # entry and its list of user errors stay importable from here.
 from probe.run.cli import _user_errors, main  # noqa: F401
-from probe.run.schema import ConfigError, check_run_config
+from probe.run.schema import ConfigError, check_checkpoint, check_run_config
 from probe.run.stream import StreamingFeatures
 from probe.store.features import FINGERPRINT_CACHE, FeatureStore, clips_digest, extract_features
 from probe.training.evaluate import (
@@ -112,12 +112,7 @@ def check_config(config: dict[str, Any]) -> None:
         Recipe(**config["probe"]["recipe"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"probe.recipe: {err}") from err
-    checkpoint = config["backbone"]["args"].get("checkpoint")
-    if checkpoint is not None:
-        try:
-            resolve_checkpoint_dir(checkpoint)
-        except CheckpointError as err:
-            raise ConfigError(f"backbone.args.checkpoint: {err}") from err
+    check_checkpoint(config)
 
 
 @contextmanager

@@ -354,6 +354,19 @@ CONFLICTS = (
 )
 
 
+def check_checkpoint(config: dict[str, Any]) -> None:
+    """`backbone.args.checkpoint` names a folder on disk or a repo id in the Hugging Face cache: a file or
+    a path that does not exist is refused here, before torch or any backbone is imported."""
+    from backbones.checkpoints import CheckpointError, resolve_checkpoint_dir
+
+    checkpoint = config["backbone"]["args"].get("checkpoint")
+    if checkpoint is not None:
+        try:
+            resolve_checkpoint_dir(checkpoint)
+        except CheckpointError as err:
+            raise ConfigError(f"backbone.args.checkpoint: {err}") from err
+
+
 def check_overrides(overrides: list[str]) -> None:
     """Raise `ConfigError` when the command line sets two keys that conflict (`CONFLICTS`), naming both."""
     given = {}
