@@ -26,3 +26,19 @@ def fixtures_dir() -> Path:
 @pytest.fixture
 def fixtures() -> Path:
     return fixtures_dir()
+
+
+def encode_h264(path: Path, frames: list, crf: int | None = None, faststart: bool = False) -> Path:
+    """`frames` (RGB uint8 arrays of one size) as an H.264 MP4 at 25 fps: libx264's default quality or
+    `crf`; `faststart` puts the index first."""
+    import av
+
+    height, width = frames[0].shape[:2]
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format="mp4", options=options) as out:
+        stream = out.add_stream("libx264", rate=25, options={} if crf is None else {"crf": str(crf)})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return path

@@ -23,7 +23,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, fixtures_dir
+from conftest import REPO_ROOT, encode_h264, fixtures_dir
 from test_features import CountingBackbone, _all_pairs, _extract
 from test_run import small, small_overrides
 from test_train import FAST, FRAMES, TIMED, temporal_order_features
@@ -41,17 +41,6 @@ from tasks.decode.video import resize_shorter_side
 SIZE = (160, 120)
 
 
-def _encode(path: Path, frames: list[np.ndarray], faststart: bool = False) -> Path:
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format="mp4", options=options) as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
-        for frame in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode())
-    return path
-
-
 @pytest.fixture(scope="module")
 def cup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight 32-frame clips cut from the fixture `cup.mp4` (160x120), a copy of one with 1 KB of its
@@ -61,7 +50,7 @@ def cup(tmp_path_factory: pytest.TempPathFactory) -> Path:
         decoded = source.decode(video=0)
         frames = [next(decoded).reformat(*SIZE).to_ndarray(format="rgb24") for _ in range(200)]
     for i in range(8):
-        _encode(folder / f"cup{i}.mp4", frames[i * 24 : i * 24 + 32], faststart=i == 0)
+        encode_h264(folder / f"cup{i}.mp4", frames[i * 24 : i * 24 + 32], faststart=i == 0)
     data = bytearray((folder / "cup0.mp4").read_bytes())
     media = data.find(b"mdat") + 4
     middle = (media + len(data)) // 2

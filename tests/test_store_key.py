@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import fixtures_dir
+from conftest import encode_h264, fixtures_dir
 from test_features import CLIPS, CountingBackbone, _all_pairs, _extract
 from test_run import encode_calls, small  # noqa: F401  (encode_calls: a fixture)
 
@@ -34,16 +34,6 @@ SIZE = (96, 72)
 NAMES = [f"v{i}.mp4" for i in range(10)]  # v0..v7 train, v8 v9 test; labels alternate 0, 1
 
 
-def _encode(path: Path, frames: list[np.ndarray], crf: int = 23) -> Path:
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=25, options={"crf": str(crf)})
-        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
-        for frame in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode())
-    return path
-
-
 @pytest.fixture(scope="module")
 def frames() -> list[list[np.ndarray]]:
     """Ten 16-frame pieces of the fixture `cup.mp4`."""
@@ -57,7 +47,7 @@ def frames() -> list[list[np.ndarray]]:
 def pieces(tmp_path_factory: pytest.TempPathFactory, frames: list[list[np.ndarray]]) -> list[Path]:
     """The ten pieces as mp4 files."""
     folder = tmp_path_factory.mktemp("pieces")
-    return [_encode(folder / f"p{i}.mp4", piece) for i, piece in enumerate(frames)]
+    return [encode_h264(folder / f"p{i}.mp4", piece) for i, piece in enumerate(frames)]
 
 
 def _folder(folder: Path, pieces: list[Path], order: list[int]) -> list[str]:
@@ -118,8 +108,8 @@ def test_a_reencoded_or_edited_video_changes_its_fingerprint_and_a_copy_does_not
     (tmp_path / "edited.mp4").write_bytes(middle)
     assert video_fingerprint(tmp_path / "edited.mp4") != fp
     every = [f for piece in frames for f in piece]
-    assert video_fingerprint(_encode(tmp_path / "crf23.mp4", every)) != video_fingerprint(
-        _encode(tmp_path / "crf30.mp4", every, crf=30))
+    assert video_fingerprint(encode_h264(tmp_path / "crf23.mp4", every, crf=23)) != video_fingerprint(
+        encode_h264(tmp_path / "crf30.mp4", every, crf=30))
     # the fingerprint is the size and the sha256 of the three blocks, computed here independently
     data = video.read_bytes()
     blocks = [data[:VIDEO_SAMPLE], data[(size - VIDEO_SAMPLE) // 2 :][:VIDEO_SAMPLE], data[-VIDEO_SAMPLE:]]
