@@ -41,6 +41,7 @@ from probe.run.main import (
     build_sampler,
     check_config,
     check_task,
+    fingerprint_cache,
     patch_budget,
     resolve_dtype,
     run_identity,
@@ -193,11 +194,12 @@ class Planner:
         self.records: dict[Path, dict[str, list[dict[str, Any]]]] = {}
         self.digests: dict[int, tuple[list[Clip], str]] = {}
 
-    def digest(self, clips: list[Clip]) -> str:
+    def digest(self, clips: list[Clip], cache: Path) -> str:
         """`clips_digest`, once per clip list (each task's `clips` is memoised to return the same list):
-        hashing 240k clips takes a second, and a sweep asks for each split's digest many times."""
+        hashing 240k clips takes a second, and a sweep asks for each split's digest many times. `cache`:
+        the videos' fingerprints as runs remember them (`fingerprint_cache`)."""
         if id(clips) not in self.digests:
-            self.digests[id(clips)] = (clips, clips_digest(clips))  # the list is kept: its id stays unique
+            self.digests[id(clips)] = (clips, clips_digest(clips, cache))  # kept: its id stays unique
         return self.digests[id(clips)][1]
 
     def task(self, config: dict[str, Any]) -> Task:
@@ -244,7 +246,8 @@ class Planner:
         check_config(config)
         task = self.task(config)
         backbone, weights_known = self.backbone(config)
-        identity = run_identity(config, backbone, task, self.digest)
+        cache = fingerprint_cache(config)
+        identity = run_identity(config, backbone, task, lambda clips: self.digest(clips, cache))
         name = run_id(config, identity) if weights_known else run_id(config).rsplit("-", 1)[0] + "-?"
         finished = self.finished(config, identity, weights_known)
         splits = {"train": config["task"]["train_split"], "eval": config["task"]["eval_split"]}
@@ -270,7 +273,7 @@ class Planner:
             else:
                 request = store_request(config, task, split, sampler, train)
                 views = request["views"]
-                key = store_key(backbone, clips, **request, clips_key=self.digest(clips))
+                key = store_key(backbone, clips, **request, clips_key=self.digest(clips, cache))
                 state, left = store_state(self.indexes[root].find(key, weights_known))
                 size = store_bytes(len(clips), views, tokens, backbone.embed_dim, request["dtype"])
             flops = None if view_flops is None else view_flops * len(clips) * views * left
