@@ -136,7 +136,7 @@ def test_motion_vectors_point_against_the_known_motion(clips, name):
             if mvs is None:
                 assert frame.pict_type == av.video.frame.PictureType.I
                 continue
-            field = rasterise(mvs, (SIZE, SIZE))
+            field = rasterise([mvs], (SIZE, SIZE))
             dx, dy = field.past_pointing()
             x, y = field.centres[:, 0] + SIZE / 2, field.centres[:, 1] + SIZE / 2
             x0, y0 = square_at(i)
@@ -176,8 +176,23 @@ def test_b_frame_streams_analyse_the_same_every_time(clips):
         np.testing.assert_array_equal(again.fused, first.fused)
 
 
+@pytest.mark.parametrize("name", ["mpeg4", "h264_b", "pan"])
+def test_frames_analysed_together_get_the_maps_each_gets_alone(clips, name, monkeypatch):
+    """The analysis runs on batches of frames (one vectorised pass each); a batch of one frame is the
+    per-frame analysis, and the maps do not depend on which frames share a batch."""
+    together, _ = analyse(clips[name])
+    monkeypatch.setattr(codec, "_BATCH", 1)
+    alone, _ = analyse(clips[name])
+    np.testing.assert_array_equal(np.isnan(alone.motion), np.isnan(together.motion))
+    np.testing.assert_allclose(np.nan_to_num(together.motion), np.nan_to_num(alone.motion), atol=1e-4)
+    np.testing.assert_array_equal(together.residual, alone.residual)
+    np.testing.assert_array_equal(together.contrast, alone.contrast)
+    assert np.abs(together.fused.astype(int) - alone.fused).max() <= 1
+    assert together.activity == alone.activity
+
+
 def test_decoding_ahead_keeps_order_stops_with_the_consumer_and_passes_errors_on():
-    assert list(codec._decode_ahead((i for i in range(50)), depth=3)) == list(range(50))
+    assert list(codec._ahead((i for i in range(50)), depth=3)) == list(range(50))
     produced = []
 
     def numbers():
@@ -185,7 +200,7 @@ def test_decoding_ahead_keeps_order_stops_with_the_consumer_and_passes_errors_on
             produced.append(i)
             yield i
 
-    with contextlib.closing(codec._decode_ahead(numbers(), depth=3)) as ahead:
+    with contextlib.closing(codec._ahead(numbers(), depth=3)) as ahead:
         assert [next(ahead) for _ in range(5)] == list(range(5))
     assert len(produced) < 20 and not any(t.name == "codec-decode" for t in threading.enumerate())
 
@@ -194,7 +209,7 @@ def test_decoding_ahead_keeps_order_stops_with_the_consumer_and_passes_errors_on
         raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
 
     with pytest.raises(av.error.InvalidDataError):
-        list(codec._decode_ahead(broken()))
+        list(codec._ahead(broken()))
 
 
 def test_rasterise_paints_each_block_on_its_cells():
@@ -204,12 +219,16 @@ def test_rasterise_paints_each_block_on_its_cells():
     for i, (src, w, h, x, y, mx, my) in enumerate([(-1, 16, 16, 8, 8, 3, -2), (-1, 8, 8, 20, 12, -5, 1),
                                                    (1, 16, 8, 24, 4, 2, 2)]):
         mvs[i] = (src, w, h, x + mx, y + my, x, y)
-    field = rasterise(mvs, (20, 40))
-    assert field.owner.shape == (2, 5, 10)
-    assert (field.owner[0, :4, :4] == 0).all() and (field.owner[0, 2:4, 4:6] == 1).all()
-    assert (field.owner[1, :2, 4:8] == 2).all()
-    assert (field.owner[0] >= 0).sum() == 16 + 4 and (field.owner[1] >= 0).sum() == 8
-    assert field.cell_map(field.dx, 0)[0, 0] == 3 and np.isnan(field.cell_map(field.dx, 0)[4, 9])
+    field = rasterise([None, mvs, mvs[:1]], (20, 40))  # a batch: no vectors, these three, the first alone
+    assert field.owner.shape == (3, 2, 5, 10) and field.frame.tolist() == [1, 1, 1, 2]
+    owner = field.owner[1]
+    assert (owner[0, :4, :4] == 0).all() and (owner[0, 2:4, 4:6] == 1).all()
+    assert (owner[1, :2, 4:8] == 2).all()
+    assert (owner[0] >= 0).sum() == 16 + 4 and (owner[1] >= 0).sum() == 8
+    assert (field.owner[0] == -1).all() and (field.owner[2, 1] == -1).all()
+    assert (field.owner[2, 0] == 3).sum() == 16
+    dx = field.cell_map(field.dx, 0)
+    assert dx[1, 0, 0] == 3 and np.isnan(dx[1, 4, 9]) and np.isnan(dx[0]).all() and dx[2, 0, 0] == 3
     assert field.past_pointing()[0][2] == -2  # the future vector, negated
 
 
@@ -241,14 +260,19 @@ def test_static_clip_engages_the_fallback(clips):
 def test_similarity_fit_recovers_camera_motion_despite_outliers():
     rng = np.random.default_rng(1)
     points = rng.uniform(-200, 200, (400, 2))
-    true = codec.CameraMotion(tx=3.0, ty=-1.5, scale=1.02, rotation=0.01)
-    disp = true.displacement(points) + rng.normal(0, 0.2, points.shape)
+    # a batch of three frames: the camera of the second one, none in the first, two vectors in the third
+    frame = np.array([1] * 400 + [2, 2])
+    true = codec.CameraMotion(*(np.array([0.0, value, 0.0]) for value in (3.0, -1.5, 1.02, 0.01)))
+    disp = np.concatenate([true.displacement(points, frame[:400]) + rng.normal(0, 0.2, points.shape),
+                           [[5.0, 1.0], [7.0, 1.0]]])
     disp[:80] += rng.uniform(-20, 20, (80, 2))  # 20% of the vectors: a moving object
-    fit = CAMERA_MODELS["similarity"](points, disp, np.ones(len(points)), 0.3)
-    assert abs(fit.tx - 3.0) < 0.1 and abs(fit.ty + 1.5) < 0.1
-    assert abs(fit.scale - 1.02) < 1e-3 and abs(fit.rotation - 0.01) < 1e-3
-    shift = CAMERA_MODELS["median"](points, np.tile([2.0, 1.0], (400, 1)), np.ones(400), 0.3)
-    assert (shift.tx, shift.ty) == (2.0, 1.0)
+    points = np.concatenate([points, [[0.0, 0.0], [10.0, 10.0]]])
+    fit = CAMERA_MODELS["similarity"](points, disp, np.ones(len(points)), frame, 3, 0.3)
+    assert abs(fit.tx[1] - 3.0) < 0.1 and abs(fit.ty[1] + 1.5) < 0.1
+    assert abs(fit.scale[1] - 1.02) < 1e-3 and abs(fit.rotation[1] - 0.01) < 1e-3
+    assert (fit.tx[2], fit.ty[2], fit.scale[2]) == (5.0, 1.0, 1.0)  # too few to fit: the median shift
+    shift = CAMERA_MODELS["median"](points, np.tile([2.0, 1.0], (402, 1)), np.ones(402), frame, 3, 0.3)
+    assert (shift.tx.tolist(), shift.ty.tolist()) == ([0.0, 2.0, 2.0], [0.0, 1.0, 1.0])
 
 
 def test_short_clip_spreads_its_frames_over_the_slots(clips):
@@ -488,6 +512,8 @@ def test_local_variance_is_the_3x3_variance_of_the_magnitude():
                       for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
             expected[y, x] = np.var(window)
     np.testing.assert_allclose(local_variance(magnitude), expected, rtol=1e-5, atol=1e-5)
+    batch = local_variance(np.stack([magnitude[::-1], magnitude]))  # frames of a batch apart
+    np.testing.assert_array_equal(batch[1], local_variance(magnitude))
 
 
 def test_original_normalises_each_frame_and_fuses_by_the_mean(clips):

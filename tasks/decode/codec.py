@@ -26,10 +26,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -173,20 +172,27 @@ def motion_vectors(frame: av.VideoFrame) -> np.ndarray | None:
 
 @dataclass
 class MotionField:
-    """A frame's block vectors, and which block covers each 4x4 cell per reference direction.
+    """The block vectors of a batch of frames, and which block covers each 4x4 cell per reference
+    direction.
 
-    Per block: ``src - dst`` in integer pixels (`dx`, `dy`), the block centre relative to the frame
-    centre, its area and direction (0: reference in the past, 1: in the future). `owner[d]` maps each
-    cell to the block of direction d covering it, -1 where none does (intra blocks, I-frames).
-    Per-block work is then done once per block and spread to cells by one gather.
+    Per block: its frame (row of the batch), ``src - dst`` in integer pixels (`dx`, `dy`), the block
+    centre relative to the frame centre, its area and direction (0: reference in the past, 1: in the
+    future). `owner[i, d]` maps each cell of frame i to the block of direction d covering it, -1 where
+    none does (intra blocks, I-frames). Per-block work is then done once per block, for the whole batch
+    at once, and spread to cells by one gather.
     """
 
+    frame: np.ndarray
     dx: np.ndarray
     dy: np.ndarray
     centres: np.ndarray  # [n, 2] (x, y)
     area: np.ndarray
     direction: np.ndarray
-    owner: np.ndarray  # [2, h, w] intp, so gathers need no index conversion
+    owner: np.ndarray  # [frames, 2, h, w] intp, so gathers need no index conversion
+
+    @property
+    def frames(self) -> int:
+        return len(self.owner)
 
     @property
     def has_future(self) -> bool:
@@ -194,11 +200,12 @@ class MotionField:
         return bool(self.direction.any())
 
     def cell_map(self, values: np.ndarray, direction: int) -> np.ndarray:
-        """Per-block `values` spread over the cells of `direction`, NaN where no block covers a cell."""
+        """Per-block `values` spread over the cells of `direction`, `[frames, h, w]`, NaN where no block
+        covers a cell."""
         table = np.empty(len(values) + 1, np.float32)
         table[:-1] = values
         table[-1] = np.nan  # owner -1 wraps to it
-        return np.take(table, self.owner[direction], mode="wrap")
+        return np.take(table, self.owner[:, direction], mode="wrap")
 
     def past_pointing(self) -> tuple[np.ndarray, np.ndarray]:
         """Block vectors with future-pointing ones negated, so both mean "where the content was"."""
@@ -211,31 +218,37 @@ class MotionField:
 _SHAPE_BASE = 64  # > any block side in cells (PyAV block sides are uint8 pixels)
 
 
-def rasterise(mvs: np.ndarray, frame_size: tuple[int, int]) -> MotionField:
-    """Map each exported block onto the 4x4-pixel cells it covers.
+def rasterise(vectors: Sequence[np.ndarray | None], frame_size: tuple[int, int]) -> MotionField:
+    """Map each exported block of each frame (None: a frame without vectors) onto the 4x4-pixel cells it
+    covers.
 
-    Blocks of one direction partition the frame, so plain assignment suffices; blocks are grouped by
-    size (a handful of partition shapes) so each group is one vectorised write. The grid is padded for
-    blocks that overhang the bottom/right edge (a partial last macroblock) and cropped afterwards.
+    Blocks of one frame and direction partition the frame, so plain assignment suffices; blocks are
+    grouped by size (a handful of partition shapes) so each group is one vectorised write for the whole
+    batch. The grid is padded for blocks that overhang the bottom/right edge (a partial last macroblock)
+    and cropped afterwards.
     """
     height, width = frame_size
     h, w = -(-height // CELL), -(-width // CELL)
+    present = [v for v in vectors if v is not None]  # some frame of the batch has vectors
+    # joined as bytes: concatenating structured arrays goes field by field, ten times slower
+    mvs = np.concatenate([v.view(np.uint8) for v in present]).view(present[0].dtype)
+    frame = np.repeat(np.arange(len(vectors)), [0 if v is None else len(v) for v in vectors])
     bw = mvs["w"].astype(np.intp)
     bh = mvs["h"].astype(np.intp)
     x0 = (mvs["dst_x"] - bw // 2) // CELL
     y0 = (mvs["dst_y"] - bh // 2) // CELL
     if min(x0.min(initial=0), y0.min(initial=0)) < 0 or x0.max(initial=0) >= w or y0.max(initial=0) >= h:
         ok = (x0 >= 0) & (y0 >= 0) & (x0 < w) & (y0 < h)
-        mvs, bw, bh, x0, y0 = mvs[ok], bw[ok], bh[ok], x0[ok], y0[ok]
+        mvs, frame, bw, bh, x0, y0 = mvs[ok], frame[ok], bw[ok], bh[ok], x0[ok], y0[ok]
     direction = (mvs["source"] > 0).astype(np.intp)
     nx = np.maximum(bw // CELL, 1)
     ny = np.maximum(bh // CELL, 1)
     pad_h = max(int((y0 + ny).max(initial=h)), h)
     pad_w = max(int((x0 + nx).max(initial=w)), w)
-    owner = np.full(2 * pad_h * pad_w, -1, np.intp)
-    base = direction * (pad_h * pad_w) + y0 * pad_w + x0
+    owner = np.full(len(vectors) * 2 * pad_h * pad_w, -1, np.intp)
+    base = ((frame * 2 + direction) * pad_h + y0) * pad_w + x0
     shape_key = ny * _SHAPE_BASE + nx
-    for key in np.flatnonzero(np.bincount(shape_key)):  # ascending, as np.unique
+    for key in np.flatnonzero(np.bincount(shape_key)):
         sel = np.flatnonzero(shape_key == key)
         owner[base[sel, None] + _block_offsets(int(key), pad_w)] = sel[:, None]
     centres = np.empty((len(mvs), 2), np.float32)  # whole and half pixels: exact in float32
@@ -243,10 +256,10 @@ def rasterise(mvs: np.ndarray, frame_size: tuple[int, int]) -> MotionField:
     centres[:, 1] = mvs["dst_y"]
     centres -= (width / 2, height / 2)
     return MotionField(
-        dx=(mvs["src_x"] - mvs["dst_x"]).astype(np.float32),
+        frame=frame, dx=(mvs["src_x"] - mvs["dst_x"]).astype(np.float32),
         dy=(mvs["src_y"] - mvs["dst_y"]).astype(np.float32),
         centres=centres, area=(bw * bh).astype(np.float32), direction=direction,
-        owner=np.ascontiguousarray(owner.reshape(2, pad_h, pad_w)[:, :h, :w]),
+        owner=np.ascontiguousarray(owner.reshape(len(vectors), 2, pad_h, pad_w)[:, :, :h, :w]),
     )
 
 
@@ -263,61 +276,111 @@ def _block_offsets(shape_key: int, stride: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CameraMotion:
-    """Similarity transform mapping a point to where it came from: ``src = s R(rot) p + t``."""
+    """Per frame of a batch (arrays, one entry a frame), the similarity transform mapping a point to
+    where it came from: ``src = s R(rot) p + t``."""
 
-    tx: float = 0.0
-    ty: float = 0.0
-    scale: float = 1.0
-    rotation: float = 0.0
+    tx: np.ndarray
+    ty: np.ndarray
+    scale: np.ndarray
+    rotation: np.ndarray
 
-    def displacement(self, points: np.ndarray) -> np.ndarray:
-        """``src - dst`` the camera alone explains at `points` [N, 2] (x, y from the frame centre)."""
-        a = self.scale * math.cos(self.rotation) - 1.0
-        b = self.scale * math.sin(self.rotation)
+    @classmethod
+    def still(cls, frames: int) -> CameraMotion:
+        zero = np.zeros(frames)
+        return cls(zero, zero, np.ones(frames), zero)
+
+    def displacement(self, points: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        """``src - dst`` the camera alone explains at `points` [N, 2] (x, y from the frame centre) of
+        frames `frame` [N]."""
+        a = (self.scale * np.cos(self.rotation) - 1.0)[frame]
+        b = (self.scale * np.sin(self.rotation))[frame]
         x, y = points[:, 0], points[:, 1]
-        return np.stack([a * x - b * y + self.tx, b * x + a * y + self.ty], axis=1)
+        return np.stack([a * x - b * y + self.tx[frame], b * x + a * y + self.ty[frame]], axis=1)
 
 
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
+def _sums(values: np.ndarray, frame: np.ndarray, frames: int) -> np.ndarray:
+    """Per-frame sums of real or complex `values`."""
+    if np.iscomplexobj(values):
+        return _sums(values.real, frame, frames) + 1j * _sums(values.imag, frame, frames)
+    return np.bincount(frame, values, minlength=frames)
+
+
+def _ranks(values: np.ndarray, frame: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each value's rank within its frame, ascending (ties by position); `frame` is sorted."""
+    order = np.lexsort((values, frame))
+    ranks = np.empty(len(values), np.intp)
+    ranks[order] = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return ranks
+
+
+def _weighted_medians(values: np.ndarray, weights: np.ndarray, frame: np.ndarray, frames: int) -> np.ndarray:
+    """Per frame, the value at which the cumulated weight (values ascending) reaches half its total; 0
+    for a frame without values."""
+    counts = np.bincount(frame, minlength=frames)
+    out = np.zeros(frames)
+    if not len(values):
+        return out
+    order = np.lexsort((values, frame))
     cum = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    half = before + (cum[np.maximum(ends - 1, 0)] - before) / 2
+    at = np.clip(np.searchsorted(cum, half), starts, np.maximum(ends - 1, starts))
+    has = counts > 0
+    out[has] = values[order][at[has]]
+    return out
 
 
-def _camera_none(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, trim: float) -> CameraMotion:
-    return CameraMotion()
+def _camera_none(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, frame: np.ndarray, frames: int,
+                 trim: float) -> CameraMotion:
+    return CameraMotion.still(frames)
 
 
-def _camera_median(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, trim: float) -> CameraMotion:
-    return CameraMotion(_weighted_median(disp[:, 0], weights), _weighted_median(disp[:, 1], weights))
+def _camera_median(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, frame: np.ndarray, frames: int,
+                   trim: float) -> CameraMotion:
+    still = CameraMotion.still(frames)
+    return CameraMotion(_weighted_medians(disp[:, 0], weights, frame, frames),
+                        _weighted_medians(disp[:, 1], weights, frame, frames), still.scale, still.rotation)
 
 
-def _camera_similarity(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, trim: float,
-                       iters: int = 3) -> CameraMotion:
-    """Closed-form weighted least-squares similarity, refitted each round on the `1 - trim` fraction of
-    vectors it explains best, so a moving object does not drag the camera estimate.
+def _camera_similarity(points: np.ndarray, disp: np.ndarray, weights: np.ndarray, frame: np.ndarray,
+                       frames: int, trim: float, iters: int = 3) -> CameraMotion:
+    """Closed-form weighted least-squares similarity per frame, refitted each round on the `1 - trim`
+    fraction of its vectors it explains best, so a moving object does not drag the camera estimate; a
+    frame with fewer than 3 vectors takes the median shift.
 
     In complex numbers the model is ``q = z p + t`` with ``z = s e^(i rot)``, and the fit on centred
-    points is ``z = sum(w conj(pc) qc) / sum(w |pc|^2)``: a few dot products per round.
+    points is ``z = sum(w conj(pc) qc) / sum(w |pc|^2)``: per-frame sums, one `bincount` each for the
+    whole batch.
     """
-    if len(points) < 3:
-        return _camera_median(points, disp, weights, trim)
+    counts = np.bincount(frame, minlength=frames)
     p_all = _complex(points)
     q_all = p_all + _complex(disp)
-    keep = np.arange(len(points))
-    n_keep = max(3, int(round(len(points) * (1.0 - trim))))
-    for round_ in range(iters):
-        p, q, wt = p_all[keep], q_all[keep], weights[keep]
-        total = wt.sum()
-        p_mean, q_mean = np.dot(wt, p) / total, np.dot(wt, q) / total
-        pc = p - p_mean
-        weighted = wt * pc
-        z = np.vdot(weighted, q - q_mean) / max(np.vdot(weighted, pc).real, 1e-9)
-        t = q_mean - z * p_mean
-        if n_keep >= len(points) or round_ == iters - 1:
-            break
-        keep = np.argpartition(np.abs(z * p_all + t - q_all), n_keep - 1)[:n_keep]
-    return CameraMotion(float(t.real), float(t.imag), float(abs(z)), float(np.angle(z)))
+    n_keep = np.maximum(3, np.rint(counts * (1.0 - trim))).astype(np.intp)[frame]
+    wt = weights
+    with np.errstate(invalid="ignore", divide="ignore"):  # frames without vectors: NaN, never read
+        for round_ in range(iters):
+            total = _sums(wt, frame, frames)
+            p_mean = _sums(wt * p_all, frame, frames) / total
+            q_mean = _sums(wt * q_all, frame, frames) / total
+            pc = p_all - p_mean[frame]
+            weighted = np.conj(wt * pc)
+            z = (_sums(weighted * (q_all - q_mean[frame]), frame, frames)
+                 / np.maximum(_sums((weighted * pc).real, frame, frames), 1e-9))
+            t = q_mean - z * p_mean
+            if round_ == iters - 1:
+                break
+            wt = np.where(_ranks(np.abs(z[frame] * p_all + t[frame] - q_all), frame, counts) < n_keep,
+                          weights, 0.0)
+    fit = CameraMotion(t.real, t.imag, np.abs(z), np.angle(z))
+    few = (counts > 0) & (counts < 3)
+    if not few.any():
+        return fit
+    shift = _camera_median(points, disp, weights, frame, frames, trim)
+    return CameraMotion(*(np.where(few, s, f) for s, f in zip(
+        (shift.tx, shift.ty, shift.scale, shift.rotation), (fit.tx, fit.ty, fit.scale, fit.rotation),
+        strict=True)))
 
 
 def _complex(xy: np.ndarray) -> np.ndarray:
@@ -325,7 +388,9 @@ def _complex(xy: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(xy, np.float64).view(np.complex128)[:, 0]
 
 
-CAMERA_MODELS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float], CameraMotion]] = {
+# (points, displacements, weights, frame of each, frames in the batch, trim) -> the camera of each frame
+CAMERA_MODELS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, float],
+                                  CameraMotion]] = {
     "none": _camera_none,
     "median": _camera_median,
     "similarity": _camera_similarity,
@@ -333,24 +398,28 @@ CAMERA_MODELS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float], C
 
 
 def object_motion(field: MotionField, method: str, trim: float, max_fit: int = 192) -> np.ndarray:
-    """Per cell, |motion - camera motion| in pixels (mean over directions), NaN where no vector exists.
+    """Per cell of each frame, |motion - camera motion| in pixels (mean over directions), NaN where no
+    vector exists: `[frames, h, w]`.
 
-    The camera model is fitted, area-weighted, on at most `max_fit` blocks taken at a fixed stride: a
-    global fit needs few vectors, and this runs for every sampled frame.
+    Each frame's camera model is fitted, area-weighted, on at most `max_fit` of its blocks taken at a
+    fixed stride: a global fit needs few vectors.
     """
     dx, dy = field.past_pointing()
-    fit = slice(None, None, max(1, -(-len(dx) // max_fit)))
+    counts = np.bincount(field.frame, minlength=field.frames)
+    stride = np.maximum(1, -(-counts // max_fit))
+    position = np.arange(len(dx)) - np.repeat(np.cumsum(counts) - counts, counts)  # within its frame
+    fit = np.flatnonzero(position % stride[field.frame] == 0)
     camera = CAMERA_MODELS[method](field.centres[fit].astype(np.float64),
                                    np.stack([dx[fit], dy[fit]], 1).astype(np.float64),
-                                   field.area[fit].astype(np.float64), trim)
-    cam = camera.displacement(field.centres)
+                                   field.area[fit].astype(np.float64), field.frame[fit], field.frames, trim)
+    cam = camera.displacement(field.centres, field.frame)
     magnitude = np.hypot(dx - cam[:, 0], dy - cam[:, 1]).astype(np.float32, copy=False)
     past = field.cell_map(magnitude, 0)
     if not field.has_future:
         return past
     future = field.cell_map(magnitude, 1)
     # the mean where both sides have a vector, else the one that has: fmax and fmin skip NaN (and are
-    # far cheaper than np.where, which branches per cell)
+    # far cheaper than np.where, which branches per cell); a frame without future vectors keeps `past`
     both = np.fmax(past, future)
     both += np.fmin(past, future, out=past)
     both *= 0.5
@@ -428,10 +497,6 @@ class _Geometry:
         cols = np.arange(self.shape[1], dtype=np.intp).reshape(1, 1, w, k) + self.pad
         self.base = rows * stride + cols  # [h, k, w, k] index of each pixel in a padded reference
 
-    def view(self, luma: np.ndarray) -> np.ndarray:
-        h, w = self.cells
-        return luma.reshape(h, self.k, w, self.k)
-
     def shift_table(self, field: MotionField) -> np.ndarray:
         """Per block, the flat offset of its ``src - dst`` in a padded reference (rounded, clamped), then
         a 0 (no shift) for the cells no block covers (owner -1 wraps to it)."""
@@ -441,39 +506,36 @@ class _Geometry:
         table[:-1] = sy * self.stride + sx  # whole numbers: the cast is exact
         return table
 
-    def predict(self, reference: _Luma, shifts: np.ndarray, owner: np.ndarray) -> np.ndarray:
-        """`reference` read where each cell's block points: `[h, k, w, k]`."""
-        h, w = self.cells
-        offsets = np.take(shifts, owner, mode="wrap").reshape(h, 1, w, 1)
-        return np.take(reference.padded, self.base + offsets)
+    def residuals(self, samples: list[_Sampled], field: MotionField | None) -> np.ndarray:
+        """Mean |current - prediction| per cell of each sample: `[len(samples), h, w]`.
 
-    def residual(self, cur: _Luma, field: MotionField | None, past: _Luma | None,
-                 future: _Luma | None) -> np.ndarray:
-        """Mean |current - prediction| per cell.
-
-        The prediction is the past reference read where each block's vector points, unshifted where no
-        vector covers a cell (a plain frame difference); B-frame cells with a future vector read the
-        future reference instead, or the average of both where they have two.
+        The prediction is the past reference read where each block's vector points (`field`: the
+        samples' vectors, None if none has any), unshifted where no vector covers a cell (a plain frame
+        difference); B-frame cells with a future vector read the future reference instead, or the
+        average of both where they have two. A sample without a past reference (the stream's first
+        frame) has nothing to differ from: zero.
         """
-        h, w = self.cells
-        if past is None:
-            return np.zeros(self.cells, np.float32)  # the stream's first frame: nothing to differ from
-        if field is None:
-            diff = self.view(cur.luma) - self.view(past.luma)
-        else:
-            shifts = self.shift_table(field)
-            diff = self.predict(past, shifts, field.owner[0])
-            if future is not None and field.has_future:
+        (h, w), k, n = self.cells, self.k, len(samples)
+        current = np.stack([sample.luma.luma for sample in samples]).reshape(n, h, k, w, k)
+        shifts = np.zeros(1, np.intp) if field is None else self.shift_table(field)
+        owner = np.full((n, 2, h, w), -1, np.intp) if field is None else field.owner
+        offsets = np.take(shifts, owner, mode="wrap").reshape(n, 2, h, 1, w, 1)
+        predicted = np.empty_like(current)
+        for i, sample in enumerate(samples):  # one gather a sample: the references differ
+            if sample.past is None:
+                predicted[i] = current[i]
+                continue
+            np.take(sample.past.padded, self.base + offsets[i, 0], out=predicted[i])
+            if sample.future is not None:
                 # weight of the future read: 0 without a future vector, 1 with only one, 0.5 with both;
                 # lumas are whole numbers, so past + weight * (future - past) is exact
-                ahead = self.predict(future, shifts, field.owner[1])
-                sides = (field.owner[0] >= 0) + 2 * (field.owner[1] >= 0)
-                ahead -= diff
+                ahead = np.take(sample.future.padded, self.base + offsets[i, 1])
+                ahead -= predicted[i]
+                sides = (owner[i, 0] >= 0) + 2 * (owner[i, 1] >= 0)
                 ahead *= np.take(_FUTURE_WEIGHT, sides).reshape(h, 1, w, 1)
-                diff += ahead
-            np.subtract(self.view(cur.luma), diff, out=diff)
-        diff = np.abs(diff, out=diff)
-        return diff.reshape(h, w) if self.k == 1 else diff.sum(axis=(1, 3)) / (self.k * self.k)
+                predicted[i] += ahead
+        diff = np.abs(np.subtract(current, predicted, out=predicted), out=predicted)
+        return diff.reshape(n, h, w) if k == 1 else diff.sum(axis=(2, 4)) / (k * k)
 
 
 # ----------------------------------------------------------------------------- normalisation and fusion
@@ -539,14 +601,14 @@ def fuse(motion: np.ndarray, residual: np.ndarray, cfg: CodecConfig) -> np.ndarr
 
 
 def local_variance(magnitude: np.ndarray, size: int = 3) -> np.ndarray:
-    """Variance of `magnitude` over each cell's `size` x `size` neighbourhood (edge-padded), cells without
-    a vector (NaN) counting as still (0): high where neighbouring blocks move differently."""
+    """Variance of `magnitude` `[..., h, w]` over each cell's `size` x `size` neighbourhood (edge-padded),
+    cells without a vector (NaN) counting as still (0): high where neighbouring blocks move differently."""
     pad = size // 2
-    values = np.pad(np.nan_to_num(magnitude, nan=0.0).astype(np.float64), pad, mode="edge")
-    h, w = magnitude.shape
-    windows = np.lib.stride_tricks.sliding_window_view(values, (size, size))[:h, :w]
-    mean = windows.mean(axis=(2, 3))
-    return np.maximum((windows**2).mean(axis=(2, 3)) - mean**2, 0.0).astype(np.float32)
+    values = np.nan_to_num(magnitude, nan=0.0).astype(np.float64)
+    values = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(pad, pad)] * 2, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(values, (size, size), axis=(-2, -1))
+    mean = windows.mean(axis=(-2, -1))
+    return np.maximum((windows**2).mean(axis=(-2, -1)) - mean**2, 0.0).astype(np.float32)
 
 
 # `CodecConfig.motion_score`: a frame's object-motion magnitude per cell (NaN: no vector) -> its score
@@ -630,35 +692,44 @@ def frame_threads_safe(stream: av.video.stream.VideoStream) -> bool:
     return not stream.codec_context.has_b_frames
 
 
-def _decode_ahead(frames: Generator[av.VideoFrame, None, None], depth: int = 4) -> Iterator[av.VideoFrame]:
-    """`frames`, decoded up to `depth` ahead on a thread of their own: the pipelining that frame threads
-    give a plain decode, for streams that must decode without them (PyAV releases the GIL meanwhile)."""
-    ahead: queue.Queue = queue.Queue(maxsize=depth)
+def _ahead(items: Generator[_T, None, None], depth: int = 4, name: str = "codec-decode") -> Iterator[_T]:
+    """`items`, produced up to `depth` ahead on a thread of their own: decoding (PyAV releases the GIL
+    meanwhile) overlaps with what the caller does with each item. The producer stops when the caller
+    does, and its errors are raised in the caller."""
+    queued: queue.Queue = queue.Queue(maxsize=depth)
     halt = threading.Event()
 
     def produce() -> None:
         try:
-            with contextlib.closing(frames):
-                for frame in frames:
-                    ahead.put(frame)
+            with contextlib.closing(items):
+                for item in items:
+                    queued.put(item)
                     if halt.is_set():
                         return
-            ahead.put(None)
+            queued.put(_END)
         except BaseException as err:  # re-raised in the consumer
-            ahead.put(err)
+            queued.put(_Raised(err))
 
-    producer = threading.Thread(target=produce, name="codec-decode", daemon=True)
+    producer = threading.Thread(target=produce, name=name, daemon=True)
     producer.start()
     try:
-        while (item := ahead.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
+        while (item := queued.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.error
             yield item
-    finally:  # stop the producer before the caller closes the container
+    finally:  # stop the producer before the caller goes on (and closes what it reads)
         halt.set()
         while producer.is_alive():
             with contextlib.suppress(queue.Empty):
-                ahead.get(timeout=0.01)
+                queued.get(timeout=0.01)
+
+
+_END = object()
+
+
+@dataclass
+class _Raised:
+    error: BaseException
 
 
 class _Unaligned(Exception):
@@ -716,13 +787,13 @@ class _Sampled:
 class _DecodePass:
     """One sequential decode filling the maps of the `wanted` frames (frame index -> row).
 
-    Decoding only collects what the maps need (vectors and reduced luma of each sampled frame and its
-    references); the numpy work then runs on `_BATCH` frames at a time, away from the decoder and the
-    caller's `keep`, which evict its caches (about 10% cheaper than analysing each frame as it comes).
-    B-frames are shown before the later anchor (I/P frame) they also predict from, so a sampled B-frame
-    with future vectors waits until that anchor is decoded; memory stays bounded by `_BATCH` frames and
-    the few between anchors. Such streams decode without frame threads (`frame_threads_safe`), ahead on
-    a thread of their own instead (`_decode_ahead`).
+    Decoding, on a thread of its own, only collects what the maps need (vectors and reduced luma of
+    each sampled frame and its references, and the caller's `keep` of the frame); the numpy work then
+    runs on `_BATCH` frames at a time in the caller's thread, vectorised over the batch, while the next
+    batch decodes. B-frames are shown before the later anchor (I/P frame) they also predict from, so a
+    sampled B-frame with future vectors waits until that anchor is decoded; memory stays bounded by a
+    few batches and the frames between anchors. Such streams decode without frame threads
+    (`frame_threads_safe`), ahead on one more thread instead (`_ahead`).
     """
 
     def __init__(self, wanted: dict[int, int], cfg: CodecConfig,
@@ -738,7 +809,16 @@ class _DecodePass:
 
     def run(self, path: Path, stop: int, first: int = 0) -> _PassResult:
         """Decode up to frame `stop`; with `first` > 0, from the last keyframe before frame `first`
-        (raises `_Unaligned` where frame timestamps do not give frame indices: decode from the start)."""
+        (raises `_Unaligned` where frame timestamps do not give frame indices: decode from the start).
+        Decoding runs on a thread of its own and hands batches of sampled frames over, which this thread
+        analyses meanwhile."""
+        with contextlib.closing(_ahead(self._batches(path, stop, first), depth=2, name="codec-pass")) as batches:
+            for batch in batches:
+                self._analyse(batch)
+        return self.out
+
+    def _batches(self, path: Path, stop: int, first: int) -> Generator[list[_Sampled], None, None]:
+        """The sampled frames, `_BATCH` at a time, as decoding collects them."""
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.codec_context.options = {"flags2": "+export_mvs"}
@@ -746,7 +826,7 @@ class _DecodePass:
             stream.thread_type = "AUTO" if threaded else "SLICE"
             index = _seek(container, stream, first) if first > 1 else None
             frames = container.decode(stream)
-            with contextlib.closing(frames if threaded else _decode_ahead(frames)) as decoded:
+            with contextlib.closing(frames if threaded else _ahead(frames)) as decoded:
                 for frame in decoded:
                     if self.out.decoded >= stop:
                         break
@@ -759,11 +839,14 @@ class _DecodePass:
                     self._frame(frame, self.out.decoded)
                     self.out.decoded += 1
                     if len(self.ready) >= _BATCH:
-                        self._analyse()
+                        yield self._take_ready()
         self._fill_in_tail()
         self.ready += self.waiting  # the stream ended before their future anchor
-        self._analyse()
-        return self.out
+        yield self._take_ready()
+
+    def _take_ready(self) -> list[_Sampled]:
+        ready, self.ready = self.ready, []
+        return ready
 
     def _fill_in_tail(self) -> None:
         """A stream that ends before frames its packets promised: the last decoded frame stands in for
@@ -805,45 +888,46 @@ class _DecodePass:
         mvs = motion_vectors(frame)
         mvs = mvs if mvs is not None and len(mvs) else None
         sample = _Sampled(row, current.load(), mvs, past and past.load())
-        out.contrast[row] = sample.luma.luma.std()
         out.keyframe[row] = frame.key_frame
         if self.keep is not None:
             out.pixels[row] = self.keep(frame)
         future = not is_anchor and mvs is not None and bool((mvs["source"] > 0).any())
         (self.waiting if future else self.ready).append(sample)
 
-    def _analyse(self) -> None:
-        """Motion and residual maps of the frames collected so far."""
+    def _analyse(self, samples: list[_Sampled]) -> None:
+        """Motion and residual maps of a batch of sampled frames, all at once."""
+        if not samples:
+            return
         out, cfg = self.out, self.cfg
-        for sample in self.ready:
-            row, field = sample.row, None
-            magnitude = out.motion[row]  # NaN: no vector
-            if sample.mvs is not None:
-                out.any_vectors = True
-                field = rasterise(sample.mvs, out.size)
-                magnitude = object_motion(field, cfg.camera, cfg.camera_trim)
-                out.motion[row] = MOTION_SCORES[cfg.motion_score](magnitude)
-            residual = self.geo.residual(sample.luma, field, sample.past, sample.future)
-            if cfg.residual_baseline > 0:
-                floor = cfg.residual_baseline * _median(residual.ravel()[::7])
-                np.maximum(residual - floor, 0.0, out=out.residual[row])
-            else:
-                out.residual[row] = residual
-            if sample.past is not None:
-                out.active += active_cells(magnitude, out.residual[row], cfg)
-                out.compared += residual.size
-        self.ready = []
+        rows = np.array([sample.row for sample in samples])
+        vectors = [sample.mvs for sample in samples]
+        has_vectors = np.array([v is not None for v in vectors])
+        field, magnitude = None, np.full((len(samples), *self.geo.cells), np.nan, np.float32)  # no vector
+        if has_vectors.any():
+            out.any_vectors = True
+            field = rasterise(vectors, out.size)
+            magnitude = object_motion(field, cfg.camera, cfg.camera_trim)
+            out.motion[rows[has_vectors]] = MOTION_SCORES[cfg.motion_score](magnitude[has_vectors])
+        residual = self.geo.residuals(samples, field)
+        if cfg.residual_baseline > 0:
+            floor = cfg.residual_baseline * _medians(residual.reshape(len(samples), -1)[:, ::7]).astype(float)
+            residual = np.maximum(residual - floor.astype(np.float32)[:, None, None], 0.0)
+        out.residual[rows] = residual
+        out.contrast[rows] = np.stack([s.luma.luma for s in samples]).reshape(len(samples), -1).std(axis=1)
+        compared = np.array([sample.past is not None for sample in samples])
+        out.active += active_cells(magnitude[compared], residual[compared], cfg)
+        out.compared += residual[compared].size
 
 
 _BATCH = 16  # sampled frames analysed together
 
 
-def _median(values: np.ndarray) -> float:
-    """`np.median` of a 1-D float array without NaN; numpy's vectorised sort beats its partition here
-    (residuals hold few distinct values)."""
-    ordered = np.sort(values)
-    k = ordered.size // 2
-    return float(ordered[k] if ordered.size % 2 else (ordered[k - 1] + ordered[k]) / 2)
+def _medians(values: np.ndarray) -> np.ndarray:
+    """`np.median` of each row of a 2-D float array without NaN; numpy's vectorised sort beats its
+    partition here (residuals hold few distinct values)."""
+    ordered = np.sort(values, axis=1)
+    k = ordered.shape[1] // 2
+    return ordered[:, k] if ordered.shape[1] % 2 else (ordered[:, k - 1] + ordered[:, k]) / 2
 
 
 def _names_the_file(analysis: Callable[..., _T]) -> Callable[..., _T]:
