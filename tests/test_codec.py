@@ -181,7 +181,7 @@ def test_frames_analysed_together_get_the_maps_each_gets_alone(clips, name, monk
     """The analysis runs on batches of frames (one vectorised pass each); a batch of one frame is the
     per-frame analysis, and the maps do not depend on which frames share a batch."""
     together, _ = analyse(clips[name])
-    monkeypatch.setattr(codec, "_BATCH", 1)
+    monkeypatch.setattr(codec, "_BATCH_CELLS", 1)  # one frame a batch
     alone, _ = analyse(clips[name])
     np.testing.assert_array_equal(np.isnan(alone.motion), np.isnan(together.motion))
     np.testing.assert_allclose(np.nan_to_num(together.motion), np.nan_to_num(alone.motion), atol=1e-4)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -188,7 +189,7 @@ class MotionField:
     centres: np.ndarray  # [n, 2] (x, y)
     area: np.ndarray
     direction: np.ndarray
-    owner: np.ndarray  # [frames, 2, h, w] intp, so gathers need no index conversion
+    owner: np.ndarray  # [frames, directions (1, or 2 with a future vector), h, w] intp: no index conversion
 
     @property
     def frames(self) -> int:
@@ -197,7 +198,7 @@ class MotionField:
     @property
     def has_future(self) -> bool:
         """Some block refers to a future frame (a B-frame's second direction)."""
-        return bool(self.direction.any())
+        return self.owner.shape[1] == 2
 
     def cell_map(self, values: np.ndarray, direction: int) -> np.ndarray:
         """Per-block `values` spread over the cells of `direction`, `[frames, h, w]`, NaN where no block
@@ -245,12 +246,14 @@ def rasterise(vectors: Sequence[np.ndarray | None], frame_size: tuple[int, int])
     ny = np.maximum(bh // CELL, 1)
     pad_h = max(int((y0 + ny).max(initial=h)), h)
     pad_w = max(int((x0 + nx).max(initial=w)), w)
-    owner = np.full(len(vectors) * 2 * pad_h * pad_w, -1, np.intp)
-    base = ((frame * 2 + direction) * pad_h + y0) * pad_w + x0
+    directions = 2 if direction.any() else 1  # no second map to fill and read where nothing points ahead
+    owner = np.full(len(vectors) * directions * pad_h * pad_w, -1, np.intp)
+    base = ((frame * directions + direction) * pad_h + y0) * pad_w + x0
     shape_key = ny * _SHAPE_BASE + nx
     for key in np.flatnonzero(np.bincount(shape_key)):
         sel = np.flatnonzero(shape_key == key)
-        owner[base[sel, None] + _block_offsets(int(key), pad_w)] = sel[:, None]
+        cells = _block_offsets(int(key), pad_w)
+        owner[(base[sel, None] + cells).ravel()] = np.repeat(sel, len(cells))  # flat: faster than broadcast
     centres = np.empty((len(mvs), 2), np.float32)  # whole and half pixels: exact in float32
     centres[:, 0] = mvs["dst_x"]
     centres[:, 1] = mvs["dst_y"]
@@ -259,7 +262,7 @@ def rasterise(vectors: Sequence[np.ndarray | None], frame_size: tuple[int, int])
         frame=frame, dx=(mvs["src_x"] - mvs["dst_x"]).astype(np.float32),
         dy=(mvs["src_y"] - mvs["dst_y"]).astype(np.float32),
         centres=centres, area=(bw * bh).astype(np.float32), direction=direction,
-        owner=np.ascontiguousarray(owner.reshape(len(vectors), 2, pad_h, pad_w)[:, :, :h, :w]),
+        owner=np.ascontiguousarray(owner.reshape(len(vectors), directions, pad_h, pad_w)[:, :, :h, :w]),
     )
 
 
@@ -517,21 +520,26 @@ class _Geometry:
         """
         (h, w), k, n = self.cells, self.k, len(samples)
         current = np.stack([sample.luma.luma for sample in samples]).reshape(n, h, k, w, k)
-        shifts = np.zeros(1, np.intp) if field is None else self.shift_table(field)
-        owner = np.full((n, 2, h, w), -1, np.intp) if field is None else field.owner
-        offsets = np.take(shifts, owner, mode="wrap").reshape(n, 2, h, 1, w, 1)
+        if field is None:
+            offsets = np.zeros((n, h, 1, w, 1), np.intp)
+        else:
+            shifts = self.shift_table(field)
+            offsets = np.take(shifts, field.owner[:, 0], mode="wrap").reshape(n, h, 1, w, 1)
         predicted = np.empty_like(current)
         for i, sample in enumerate(samples):  # one gather a sample: the references differ
             if sample.past is None:
                 predicted[i] = current[i]
                 continue
-            np.take(sample.past.padded, self.base + offsets[i, 0], out=predicted[i])
-            if sample.future is not None:
+            # mode "clip" (indices are in range): numpy buffers `out` under the default mode
+            np.take(sample.past.padded, self.base + offsets[i], out=predicted[i], mode="clip")
+            if sample.future is not None:  # a B-frame with future vectors: `field.has_future`
                 # weight of the future read: 0 without a future vector, 1 with only one, 0.5 with both;
                 # lumas are whole numbers, so past + weight * (future - past) is exact
-                ahead = np.take(sample.future.padded, self.base + offsets[i, 1])
+                owner = field.owner[i]
+                ahead_offsets = np.take(shifts, owner[1], mode="wrap").reshape(h, 1, w, 1)
+                ahead = np.take(sample.future.padded, self.base + ahead_offsets, mode="clip")
                 ahead -= predicted[i]
-                sides = (owner[i, 0] >= 0) + 2 * (owner[i, 1] >= 0)
+                sides = (owner[0] >= 0) + 2 * (owner[1] >= 0)
                 ahead *= np.take(_FUTURE_WEIGHT, sides).reshape(h, 1, w, 1)
                 predicted[i] += ahead
         diff = np.abs(np.subtract(current, predicted, out=predicted), out=predicted)
@@ -789,7 +797,7 @@ class _DecodePass:
 
     Decoding, on a thread of its own, only collects what the maps need (vectors and reduced luma of
     each sampled frame and its references, and the caller's `keep` of the frame); the numpy work then
-    runs on `_BATCH` frames at a time in the caller's thread, vectorised over the batch, while the next
+    runs on batches of `_BATCH_CELLS` cells in the caller's thread, vectorised over the batch, while the next
     batch decodes. B-frames are shown before the later anchor (I/P frame) they also predict from, so a
     sampled B-frame with future vectors waits until that anchor is decoded; memory stays bounded by a
     few batches and the frames between anchors. Such streams decode without frame threads
@@ -805,6 +813,7 @@ class _DecodePass:
         self.ready: list[_Sampled] = []
         self.waiting: list[_Sampled] = []  # B-frames waiting for their future anchor
         self.tail: tuple[av.VideoFrame, _Luma, _Luma | None] | None = None  # the last frame, if not sampled
+        self.batch = 1  # sampled frames analysed together, set from the frame size
         self.scaler = VideoReformatter()
 
     def run(self, path: Path, stop: int, first: int = 0) -> _PassResult:
@@ -812,13 +821,14 @@ class _DecodePass:
         (raises `_Unaligned` where frame timestamps do not give frame indices: decode from the start).
         Decoding runs on a thread of its own and hands batches of sampled frames over, which this thread
         analyses meanwhile."""
-        with contextlib.closing(_ahead(self._batches(path, stop, first), depth=2, name="codec-pass")) as batches:
+        batches = _ahead(self._batches(path, stop, first), depth=2, name="codec-pass")
+        with contextlib.closing(batches):
             for batch in batches:
                 self._analyse(batch)
         return self.out
 
     def _batches(self, path: Path, stop: int, first: int) -> Generator[list[_Sampled], None, None]:
-        """The sampled frames, `_BATCH` at a time, as decoding collects them."""
+        """The sampled frames, a batch at a time, as decoding collects them."""
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.codec_context.options = {"flags2": "+export_mvs"}
@@ -838,7 +848,7 @@ class _DecodePass:
                             raise _Unaligned
                     self._frame(frame, self.out.decoded)
                     self.out.decoded += 1
-                    if len(self.ready) >= _BATCH:
+                    if len(self.ready) >= self.batch:
                         yield self._take_ready()
         self._fill_in_tail()
         self.ready += self.waiting  # the stream ended before their future anchor
@@ -863,6 +873,7 @@ class _DecodePass:
         if self.geo is None:
             out.size = (frame.height, frame.width)
             self.geo = _Geometry(out.size, self.cfg.residual_scale)
+            self.batch = max(1, _BATCH_CELLS // math.prod(self.geo.cells))
             out.motion = np.full((len(self.wanted), *self.geo.cells), np.nan, np.float32)
             out.residual = np.zeros((len(self.wanted), *self.geo.cells), np.float32)
             out.contrast = np.zeros(len(self.wanted), np.float32)
@@ -902,8 +913,10 @@ class _DecodePass:
         rows = np.array([sample.row for sample in samples])
         vectors = [sample.mvs for sample in samples]
         has_vectors = np.array([v is not None for v in vectors])
-        field, magnitude = None, np.full((len(samples), *self.geo.cells), np.nan, np.float32)  # no vector
-        if has_vectors.any():
+        field = None
+        if not has_vectors.any():
+            magnitude = np.full((len(samples), *self.geo.cells), np.nan, np.float32)  # NaN: no vector
+        else:
             out.any_vectors = True
             field = rasterise(vectors, out.size)
             magnitude = object_motion(field, cfg.camera, cfg.camera_trim)
@@ -919,7 +932,9 @@ class _DecodePass:
         out.compared += residual[compared].size
 
 
-_BATCH = 16  # sampled frames analysed together
+# cells analysed together: 13 frames at 640 x 480, 83 at 224 x 224 (numpy's per-call cost, paid per batch,
+# is then small next to the work), a few MB of maps
+_BATCH_CELLS = 1 << 18
 
 
 def _medians(values: np.ndarray) -> np.ndarray:
