@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -137,18 +138,25 @@ def read_record(folder: Path) -> dict[str, Any] | None:
 
 
 def check_writable(folder: str | Path, what: str = "results folder", setting: str = "results_dir") -> None:
-    """Fail before any work if `folder` cannot be written or is (nearly) full."""
+    """Fail before any work if `folder` cannot be written or is (nearly) full. A folder that does not exist
+    yet is not made here, so a command refused later leaves nothing behind: the nearest folder above it
+    that exists must let it be made."""
     folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe_file = folder / f".write-test-{socket.gethostname()}-{os.getpid()}"
-        probe_file.write_text("ok")
-        probe_file.unlink()
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        if existing == folder:
+            probe_file = folder / f".write-test-{socket.gethostname()}-{os.getpid()}"
+            probe_file.write_text("ok")
+            probe_file.unlink()
+        elif not os.access(existing, os.W_OK | os.X_OK):  # EROFS and immutable folders included
+            raise PermissionError(errno.EACCES, f"{existing} cannot be written", str(existing))
     except OSError as err:
         raise ResultsDirError(
             f"{what} {folder} is not writable ({err.strerror}); set {setting}= to a writable folder"
         ) from err
-    free = shutil.disk_usage(folder).free
+    free = shutil.disk_usage(existing).free
     if free < 16 * 2**20:
         raise ResultsDirError(
             f"{what} {folder} has only {free // 2**20} MiB free; free some space or set {setting}= elsewhere"

@@ -38,9 +38,12 @@ class CheckResultsDir(Callback):
     message before Hydra writes its own files there (and fails with an OSError of its own)."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        results = Path(config.results_dir)
+        if not results.exists():  # made by this invocation: removed again if nothing goes into it
+            _MADE.add(results.resolve())
         if _rank() == 0:
             try:
-                check_writable(config.results_dir)
+                check_writable(results)
             except ResultsDirError as err:
                 raise SystemExit(f"ovprobe: {err}") from err
 
@@ -121,6 +124,7 @@ class JobFailure:
 
 
 FAILED: list[str] = []  # the invocation's failed sweep jobs, for the exit status
+_MADE: set[Path] = set()  # results folders that did not exist when the invocation started
 
 
 def _remove_if_empty(folder: Path, keep: set[str], empty_files: set[str] = frozenset()) -> None:
@@ -132,8 +136,11 @@ def _remove_if_empty(folder: Path, keep: set[str], empty_files: set[str] = froze
     empty = {n for n in names & set(empty_files) if (folder / n).stat().st_size == 0}
     if names <= keep | empty | {".hydra"}:
         shutil.rmtree(folder, ignore_errors=True)
-        if folder.parent.name == "logs" and not any(folder.parent.iterdir()):
-            folder.parent.rmdir()  # the invocation's first log folder: no empty `logs/` either
+        logs = folder.parent
+        if logs.name == "logs" and not any(logs.iterdir()):
+            logs.rmdir()  # the invocation's first log folder: no empty `logs/` either
+            if logs.parent.resolve() in _MADE and not any(logs.parent.iterdir()):
+                logs.parent.rmdir()  # nor a results folder this invocation made for nothing
 
 
 # Errors that mean "fix your input": reported as one clear line instead of a traceback.
