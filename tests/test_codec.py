@@ -27,7 +27,7 @@ from tasks.decode.codec import (
     rasterise,
 )
 from tasks.decode.codec_cache import MapCache, cached_analyse, fingerprint
-from tasks.decode.video import crop_square, resize_shorter_side
+from tasks.decode.video import VideoDecodeError, crop_square, resize_shorter_side
 from tasks.sampling.samplers import CodecSampler
 from tasks.sampling.selection import Selection, flat_patch_means, select_patches
 from tasks.sampling.show import show
@@ -210,6 +210,24 @@ def test_decoding_ahead_keeps_order_stops_with_the_consumer_and_passes_errors_on
 
     with pytest.raises(av.error.InvalidDataError):
         list(codec._ahead(broken()))
+
+
+def test_an_analysis_leaves_no_thread_behind_even_when_it_fails(clips, monkeypatch):
+    """The decoding thread (and, for B-frame streams, the one decoding ahead of it) stops with the
+    analysis, also when the analysis raises."""
+    def codec_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("codec-")]
+
+    analyse(clips["h264_b"])
+    assert codec_threads() == []
+
+    def broken(self, samples):
+        raise RuntimeError("analysis failed")
+
+    monkeypatch.setattr(codec._DecodePass, "_analyse", broken)
+    with pytest.raises(VideoDecodeError, match="analysis failed"):
+        analyse(clips["h264_b"])
+    assert codec_threads() == []
 
 
 def test_rasterise_paints_each_block_on_its_cells():
