@@ -783,12 +783,14 @@ class _PassResult:
 
 @dataclass
 class _Sampled:
-    """A sampled frame as its maps need it: reduced luma, motion vectors and references."""
+    """A sampled frame as its maps need it: reduced luma, motion vectors and references; and the frame
+    itself until the caller's `keep` has converted it."""
 
     row: int
     luma: _Luma
     mvs: np.ndarray | None
     past: _Luma | None
+    frame: av.VideoFrame | None = None
     future: _Luma | None = None
 
 
@@ -796,12 +798,13 @@ class _DecodePass:
     """One sequential decode filling the maps of the `wanted` frames (frame index -> row).
 
     Decoding, on a thread of its own, only collects what the maps need (vectors and reduced luma of
-    each sampled frame and its references, and the caller's `keep` of the frame); the numpy work then
-    runs on batches of `_BATCH_CELLS` cells in the caller's thread, vectorised over the batch, while the next
-    batch decodes. B-frames are shown before the later anchor (I/P frame) they also predict from, so a
-    sampled B-frame with future vectors waits until that anchor is decoded; memory stays bounded by a
-    few batches and the frames between anchors. Such streams decode without frame threads
-    (`frame_threads_safe`), ahead on one more thread instead (`_ahead`).
+    each sampled frame and its references); the caller's `keep` of each sampled frame and the numpy
+    work then run in the caller's thread (with its settings, torch's threads for one), a batch of
+    `_BATCH_CELLS` cells at a time, vectorised over the batch, while the next batch decodes. B-frames
+    are shown before the later anchor (I/P frame) they also predict from, so a sampled B-frame with
+    future vectors waits until that anchor is decoded; memory stays bounded by a few batches and the
+    frames between anchors. Such streams decode without frame threads (`frame_threads_safe`), ahead on
+    one more thread instead (`_ahead`).
     """
 
     def __init__(self, wanted: dict[int, int], cfg: CodecConfig,
@@ -898,18 +901,20 @@ class _DecodePass:
         out = self.out
         mvs = motion_vectors(frame)
         mvs = mvs if mvs is not None and len(mvs) else None
-        sample = _Sampled(row, current.load(), mvs, past and past.load())
+        sample = _Sampled(row, current.load(), mvs, past and past.load(), frame if self.keep else None)
         out.keyframe[row] = frame.key_frame
-        if self.keep is not None:
-            out.pixels[row] = self.keep(frame)
         future = not is_anchor and mvs is not None and bool((mvs["source"] > 0).any())
         (self.waiting if future else self.ready).append(sample)
 
     def _analyse(self, samples: list[_Sampled]) -> None:
-        """Motion and residual maps of a batch of sampled frames, all at once."""
+        """The caller's `keep` of a batch of sampled frames, then their motion and residual maps, all at
+        once."""
         if not samples:
             return
         out, cfg = self.out, self.cfg
+        if self.keep is not None:
+            for sample in samples:
+                out.pixels[sample.row], sample.frame = self.keep(sample.frame), None
         rows = np.array([sample.row for sample in samples])
         vectors = [sample.mvs for sample in samples]
         has_vectors = np.array([v is not None for v in vectors])
