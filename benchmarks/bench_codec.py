@@ -29,6 +29,7 @@ more than it decodes).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import tempfile
@@ -136,6 +137,21 @@ def decoded_frames(path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
+class _Once(logging.Filter):
+    """Lets each distinct message through once: the timed repeats would print a file's warnings (a
+    stream shorter than its packets) again at every run of every column."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        new = message not in self.seen
+        self.seen.add(message)
+        return new
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_videos = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "videos"
@@ -145,6 +161,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=2048)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger().handlers[0].addFilter(_Once())
     columns = ["decode", "uniform", "seq+crop", "codec", "cached"]
     print(f"{'video':<20}{'packets':>8}{'decoded':>8}{'passes':>7}" + "".join(f"{c:>10}" for c in columns)
           + f"{'codec/seq+crop':>16}{'cpu':>6}{'codec/uniform':>15}")
