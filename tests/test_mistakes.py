@@ -20,7 +20,8 @@ REFERENCE = "onevision_reference/ov_tiny_layernorm_head"
 
 def _ovprobe(tmp: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
     command = [sys.executable, "-m", "probe.run", *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    # CI=true as on CI machines, where transformers hands its log records on to Hydra's console as well
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "CI": "true"}
     env.pop("HYDRA_FULL_ERROR", None)
     if not wait:
         return subprocess.Popen(command, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

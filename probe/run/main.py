@@ -125,6 +125,8 @@ def quiet_loading() -> Iterator[None]:
     for handler in saved:
         library.removeHandler(handler)
     library.addHandler(held)
+    # transformers hands its records on to the root logger (Hydra's console) too where CI=true: not here
+    propagate, library.propagate = library.propagate, False
     loaded = False
     try:
         yield
@@ -134,6 +136,8 @@ def quiet_loading() -> Iterator[None]:
         library.removeHandler(held)
         for handler in saved + added:
             library.addHandler(handler)
+        if not added:  # else transformers was imported in the block and set `propagate` itself
+            library.propagate = propagate
         for record in held.buffer if loaded else []:
             library.handle(record)
 
