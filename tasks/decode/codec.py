@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -309,7 +308,7 @@ def _sums(values: np.ndarray, frame: np.ndarray, frames: int) -> np.ndarray:
 
 
 def _ranks(values: np.ndarray, frame: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Each value's rank within its frame, ascending (ties by position); `frame` is sorted."""
+    """Each value's rank within its frame, ascending (ties by position)."""
     order = np.lexsort((values, frame))
     ranks = np.empty(len(values), np.intp)
     ranks[order] = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -490,6 +489,7 @@ class _Geometry:
     def __init__(self, frame_size: tuple[int, int], scale: int, max_shift_px: int = 64):
         height, width = frame_size
         self.cells = h, w = -(-height // CELL), -(-width // CELL)
+        self.batch = max(1, _BATCH_CELLS // (h * w))  # sampled frames analysed together
         self.scale = scale
         self.k = k = CELL // scale
         self.shape = (h * k, w * k)
@@ -509,8 +509,9 @@ class _Geometry:
         table[:-1] = sy * self.stride + sx  # whole numbers: the cast is exact
         return table
 
-    def residuals(self, samples: list[_Sampled], field: MotionField | None) -> np.ndarray:
-        """Mean |current - prediction| per cell of each sample: `[len(samples), h, w]`.
+    def residuals(self, samples: list[_Sampled], lumas: np.ndarray, field: MotionField | None) -> np.ndarray:
+        """Mean |current - prediction| per cell of each sample (`lumas`: theirs, stacked):
+        `[len(samples), h, w]`.
 
         The prediction is the past reference read where each block's vector points (`field`: the
         samples' vectors, None if none has any), unshifted where no vector covers a cell (a plain frame
@@ -519,7 +520,7 @@ class _Geometry:
         frame) has nothing to differ from: zero.
         """
         (h, w), k, n = self.cells, self.k, len(samples)
-        current = np.stack([sample.luma.luma for sample in samples]).reshape(n, h, k, w, k)
+        current = lumas.reshape(n, h, k, w, k)
         if field is None:
             offsets = np.zeros((n, h, 1, w, 1), np.intp)
         else:
@@ -816,7 +817,6 @@ class _DecodePass:
         self.ready: list[_Sampled] = []
         self.waiting: list[_Sampled] = []  # B-frames waiting for their future anchor
         self.tail: tuple[av.VideoFrame, _Luma, _Luma | None] | None = None  # the last frame, if not sampled
-        self.batch = 1  # sampled frames analysed together, set from the frame size
         self.scaler = VideoReformatter()
 
     def run(self, path: Path, stop: int, first: int = 0) -> _PassResult:
@@ -851,7 +851,7 @@ class _DecodePass:
                             raise _Unaligned
                     self._frame(frame, self.out.decoded)
                     self.out.decoded += 1
-                    if len(self.ready) >= self.batch:
+                    if len(self.ready) >= self.geo.batch:
                         yield self._take_ready()
         self._fill_in_tail()
         self.ready += self.waiting  # the stream ended before their future anchor
@@ -876,7 +876,6 @@ class _DecodePass:
         if self.geo is None:
             out.size = (frame.height, frame.width)
             self.geo = _Geometry(out.size, self.cfg.residual_scale)
-            self.batch = max(1, _BATCH_CELLS // math.prod(self.geo.cells))
             out.motion = np.full((len(self.wanted), *self.geo.cells), np.nan, np.float32)
             out.residual = np.zeros((len(self.wanted), *self.geo.cells), np.float32)
             out.contrast = np.zeros(len(self.wanted), np.float32)
@@ -926,12 +925,13 @@ class _DecodePass:
             field = rasterise(vectors, out.size)
             magnitude = object_motion(field, cfg.camera, cfg.camera_trim)
             out.motion[rows[has_vectors]] = MOTION_SCORES[cfg.motion_score](magnitude[has_vectors])
-        residual = self.geo.residuals(samples, field)
+        lumas = np.stack([sample.luma.luma for sample in samples])
+        residual = self.geo.residuals(samples, lumas, field)
         if cfg.residual_baseline > 0:
             floor = cfg.residual_baseline * _medians(residual.reshape(len(samples), -1)[:, ::7]).astype(float)
             residual = np.maximum(residual - floor.astype(np.float32)[:, None, None], 0.0)
         out.residual[rows] = residual
-        out.contrast[rows] = np.stack([s.luma.luma for s in samples]).reshape(len(samples), -1).std(axis=1)
+        out.contrast[rows] = lumas.reshape(len(samples), -1).std(axis=1)
         compared = np.array([sample.past is not None for sample in samples])
         out.active += active_cells(magnitude[compared], residual[compared], cfg)
         out.compared += residual[compared].size
