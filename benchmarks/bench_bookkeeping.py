@@ -48,7 +48,7 @@ from backbones import create_backbone
 from backbones.base import Backbone, PreprocessSpec
 from probe.record import run_id
 from probe.report.main import write_report
-from probe.run.main import check_task, compose_config, run, run_identity
+from probe.run.main import build_sampler, check_task, compose_config, run, run_identity
 from probe.run.select import precompute
 from probe.store import features
 from tasks import Clip, SampledClip, create_task
@@ -242,7 +242,8 @@ def setup_step(step: str, dataset: str, data: Path, work: Path) -> tuple[Callabl
     if step == "identity":
         backbone = create_backbone(config["backbone"]["name"], **{**config["backbone"]["args"],
                                                                   "dtype": "float32"})
-        return lambda: run_id(config, run_identity(config, backbone, task)), ""
+        sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
+        return lambda: run_id(config, run_identity(config, backbone, task, sampler)), ""
     if step == "plan":
         def plan() -> str:
             key = features.StoreKey("bench_stub", StubTokens().feature_identity(), task.name, "train", {},

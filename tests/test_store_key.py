@@ -193,3 +193,20 @@ def test_a_store_whose_labels_were_edited_by_hand_is_not_trusted(tmp_path: Path,
     assert backbone.encoded == 4 * 2  # shard 1 only: 4 clips x 2 views
     assert "shard 1 lists other clips or labels than the task" in caplog.text
     assert repaired.labels.tolist() == labels and torch.equal(_all_pairs(repaired)[2].tokens, tokens)
+
+
+def test_a_changed_codec_analysis_keys_new_stores_and_a_new_run(tmp_path: Path, encode_calls,  # noqa: F811
+                                                                monkeypatch) -> None:
+    """A new codec map version (the analysis changed its maps, the config did not) encodes again instead
+    of reusing tokens selected from the old maps; the same version reuses."""
+    import tasks.sampling.samplers as samplers
+
+    config = small(tmp_path, "sampling=codec", "sampling.args.num_frames=16")
+    first = run(config)
+    encoded = sum(encode_calls)
+    assert encoded > 0
+    encode_calls.clear()
+    assert run(config)["run_id"] == first["run_id"] and encode_calls == []
+    monkeypatch.setattr(samplers, "CACHE_VERSION", samplers.CACHE_VERSION + 1)
+    assert run(config)["run_id"] != first["run_id"]
+    assert sum(encode_calls) == encoded

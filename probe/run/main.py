@@ -299,7 +299,8 @@ def store_request(
     views = config["extract"]["train_views"] if train else sampler.num_views
     # What the training views are (frame rule, jitter settings): a change keys a new store.
     augment = {"views": "own-offsets-v2", "color_jitter": color_jitter(config).to_dict()} if train else None
-    sampling = {**config["sampling"], "mode": "train" if train else "eval", "augment": augment}
+    sampling = {**config["sampling"], **sampler.store_identity, "mode": "train" if train else "eval",
+                "augment": augment}
     return dict(task=task.name, split=split, sampling=sampling, seed=config["seed"], views=views,
                 dtype=config["extract"]["dtype"])
 
@@ -334,17 +335,20 @@ def fingerprint_cache(config: dict[str, Any]) -> Path:
 
 
 def run_identity(
-    config: dict[str, Any], backbone: Backbone, task: Task, digest: Callable[[list[Clip]], str] | None = None
-) -> dict[str, str]:
+    config: dict[str, Any], backbone: Backbone, task: Task, sampler: Sampler,
+    digest: Callable[[list[Clip]], str] | None = None,
+) -> dict[str, Any]:
     """What a run ran on beyond its config: the weights' fingerprint and compute dtype (`dtype=auto`
-    differs by device) and each split's `clips_digest` (clips, labels, spans, video fingerprints), which
-    also keys the split's feature store (`digest`: `ovprobe-plan` passes a memo)."""
+    differs by device), what the sampler's code adds (`store_identity`: the codec maps' version) and each
+    split's `clips_digest` (clips, labels, spans, video fingerprints), which also keys the split's feature
+    store (`digest`: `ovprobe-plan` passes a memo)."""
     if digest is None:
         cache = fingerprint_cache(config)
         digest = lambda clips: clips_digest(clips, cache)  # noqa: E731
     return {
         "weights": backbone.fingerprint(),
         "dtype": backbone.feature_identity()["dtype"],
+        "sampler": sampler.store_identity,
         **{
             f"{role}_clips": digest(task.clips(config["task"][f"{role}_split"]))
             for role in ("train", "eval")
@@ -493,7 +497,7 @@ def _run(config: dict[str, Any], held: ExitStack, log_file: str | Path | None) -
     lock = Path(config["cache_dir"]).expanduser() / "probes" / f"{run_id(config)}.lock"  # by its checkpoints
     distributed.on_main(lambda: held.enter_context(exclusive(lock, f"run {run_id(config)}", wait=False)))
     # Process 0 fingerprints the videos once; every process keys its stores on the same digests.
-    identity = distributed.on_main(lambda: run_identity(config, backbone, task))
+    identity = distributed.on_main(lambda: run_identity(config, backbone, task, sampler))
     slot: RunSlot = distributed.on_main(lambda: _claim(config, identity))
     if slot.existing is not None:
         log.info("reusing the finished run %s (on_existing=reuse)", slot.path)

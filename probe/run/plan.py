@@ -247,7 +247,8 @@ class Planner:
         task = self.task(config)
         backbone, weights_known = self.backbone(config)
         cache = fingerprint_cache(config)
-        identity = run_identity(config, backbone, task, lambda clips: self.digest(clips, cache))
+        sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
+        identity = run_identity(config, backbone, task, sampler, lambda clips: self.digest(clips, cache))
         name = run_id(config, identity) if weights_known else run_id(config).rsplit("-", 1)[0] + "-?"
         finished = self.finished(config, identity, weights_known)
         splits = {"train": config["task"]["train_split"], "eval": config["task"]["eval_split"]}
@@ -257,7 +258,6 @@ class Planner:
             check_task(config, task)
         except ConfigError as err:
             plan.problem = str(err)
-        sampler = build_sampler(config["sampling"], backbone, config["cache_dir"])
         positions = view_positions(backbone, config["sampling"], sampler.num_frames)
         view_flops = backbone.encode_cost(positions).flops
         tokens = tokens_per_view(config["sampling"], backbone)

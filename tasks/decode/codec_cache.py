@@ -26,8 +26,9 @@ from tasks.decode.codec import CodecConfig, CodecMaps, analyse
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 4  # 2: B-frame streams decode without frame threads; 3: maps carry each frame's contrast;
-# 4: one decode pass, the last decoded frame standing in for a frame past the end
+CACHE_VERSION = 5  # 2: B-frame streams decode without frame threads; 3: maps carry each frame's contrast;
+# 4: one decode pass, the last decoded frame standing in for a frame past the end; 5: the analysis batched
+# over frames (fused maps within one level of 4's). Also in the feature store's key (`CodecSampler`).
 _NOT_STORED = ("motion", "residual")  # raw maps: large, and not needed to select patches
 
 

@@ -31,7 +31,7 @@ from tasks.decode.codec import (
     patch_scores,
     plan_slots,
 )
-from tasks.decode.codec_cache import MapCache, cached_analyse
+from tasks.decode.codec_cache import CACHE_VERSION, MapCache, cached_analyse
 from tasks.decode.video import VideoDecodeError, VideoReader, crop_square, open_video, resize_shorter_side
 from tasks.sampling.selection import (
     Selection,
@@ -53,6 +53,11 @@ class Sampler(Protocol):
     def __call__(self, clip: Clip, reader: VideoReader | None = None,
                  rng: np.random.Generator | None = None, train: bool = False) -> list[SampledClip]:
         """All views of `clip` (one in training); opens the video itself when `reader` is None."""
+        ...
+
+    @property
+    def store_identity(self) -> dict[str, Any]:
+        """What the feature store's key takes from the sampler beyond its config (`SamplerConfig`)."""
         ...
 
 
@@ -199,6 +204,12 @@ class SamplerConfig:
     @property
     def num_views(self) -> int:
         return self.num_clips * self.num_crops
+
+    @property
+    def store_identity(self) -> dict[str, Any]:
+        """Versions of what the sampler computes that its code can change without its config changing
+        (none here): they enter the feature store's key, so changed selections are never reused."""
+        return {}
 
 
 @register_sampler("uniform")
@@ -426,6 +437,11 @@ class CodecSampler(BudgetSampler):
     # the crop then differs by under a pixel between sizes, the scores not at all, so backbones with the
     # same patch grid (224/14, 256/16) get the same patches. Pixels are cropped at the backbone's size.
     SCORE_SIZE: ClassVar[int] = 224
+
+    @property
+    def store_identity(self) -> dict[str, Any]:
+        """The codec maps' version: an analysis that changes the maps keys new stores."""
+        return {"codec_maps": CACHE_VERSION}
 
     def __post_init__(self) -> None:
         super().__post_init__()
