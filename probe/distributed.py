@@ -17,6 +17,7 @@ extracting its last shard while the others wait for it.
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import pickle
 import re
@@ -91,6 +92,13 @@ def init(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if dist.is_initialized():
         return device
+    # torch._dynamo, imported by the first AdamW step, keeps references to a process group that exists when
+    # it is first imported, so `destroy_process_group` at exit could not free it: gloo's worker threads then
+    # outlived it, and one still releasing a collective's tensors (which takes the GIL) while the
+    # interpreter finalised aborted the process (SIGABRT after a finished run, 5 of 60 two-process test
+    # runs). Imported before the group exists, it holds none, and the group is freed at exit.
+    importlib.import_module("torch._dynamo")  # not `import torch._dynamo`: that makes `torch` local here
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     common = dict(
         timeout=timedelta(minutes=float(os.environ.get(TIMEOUT_ENV, 60))),
