@@ -138,7 +138,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
         failure = None
     except ZeroDivisionError as err:
         failure = str(err)
-    trained = _train()  # its AdamW steps import torch._dynamo
+    trained = _train()  # AdamW: torch._dynamo is in use, which once kept the group alive past shutdown
     distributed._shutdown()  # as at exit
     torch.save({**trained, "shapes": shapes, "failure": failure, "left": _gloo_threads()}, out / f"{rank}.pt")
 
